@@ -1,0 +1,28 @@
+"""posinterp: extend RoPE models' context windows by Position Interpolation, and prove it.
+
+The library API mirrors the CLI: each verb is a function taking its config dataclass.
+Imports are lazy so `import posinterp` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "extend": "posinterp.extend", "ExtendConfig": "posinterp.extend",
+    "RopeSpec": "posinterp.rope", "parse_rope": "posinterp.rope",
+    "resolve": "posinterp.models", "load": "posinterp.models",
+    "PosinterpError": "posinterp.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'posinterp' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random models saved as ordinary HF folders, and the embedded tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """SmolLM2's real tokenizer (from the embedded package), for tiny models that need real text."""
+    from posinterp import models
+
+    return models.load_tokenizer(models.resolve("smollm2-135m"))
+
+
+def make_tiny(kind: str = "llama", *, window: int = 256, vocab: int = 49152, seed: int = 0, **overrides):
+    """A tiny random causal LM of the given architecture (2 layers, hidden 64)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, max_position_embeddings=window, num_hidden_layers=2)
+    if kind == "llama":
+        cfg = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                             tie_word_embeddings=True, **common)
+    elif kind == "qwen2":
+        cfg = tf.Qwen2Config(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, **common)
+    elif kind == "mistral":
+        cfg = tf.MistralConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **common)
+    elif kind == "gpt_neox":
+        cfg = tf.GPTNeoXConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                               rotary_pct=0.25, **common)
+    elif kind == "gpt2":
+        cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=window, vocab_size=vocab)
+    else:
+        raise ValueError(kind)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    model = tf.AutoModelForCausalLM.from_config(cfg)
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path, smol_tokenizer):
+    """Factory: save a tiny model (with SmolLM2's tokenizer) into a folder and return the path."""
+
+    def _make(kind: str = "llama", name: str | None = None, **kw) -> Path:
+        model = make_tiny(kind, **kw)
+        folder = tmp_path / (name or f"tiny-{kind}")
+        model.save_pretrained(folder)
+        smol_tokenizer.save_pretrained(folder)
+        return folder
+
+    return _make

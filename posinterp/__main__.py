@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:
+        # only `run` takes free-form dotted overrides (`--train.steps 50`)
+        if ns._verb != ("run",):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        ns.overrides = extra
     if getattr(ns, "_missing", None):
         parser.error(f"'{' '.join(ns._verb)}' is not available in this build ({ns._missing} is missing)")
     module, cls_name, fn_name, _ = VERBS[ns._verb]

@@ -22,9 +22,12 @@ T = TypeVar("T")
 
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
-        choices: tuple | None = None, short: str | None = None) -> Any:
-    """A dataclass field with its help text; the CLI and recipes read both from here."""
-    meta = {"help": help, "positional": positional, "choices": choices, "short": short}
+        choices: tuple | None = None, short: str | None = None, cli: bool = True) -> Any:
+    """A dataclass field with its help text; the CLI and recipes read both from here.
+
+    `cli=False` keeps a field out of the flags (set by the caller, e.g. run's overrides).
+    """
+    meta = {"help": help, "positional": positional, "choices": choices, "short": short, "cli": cli}
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -142,3 +145,16 @@ def as_config(cls: type[T], cfg: Any = None, kwargs: Mapping[str, Any] | None = 
             raise TypeError(f"{cls.__name__} takes keyword arguments only")
         kwargs[positional[0]] = cfg
     return cls(**kwargs)
+
+
+def check_keys(cls: type, data: Mapping[str, Any] | None, where: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Refuse keys that are not fields of `cls` (or are set by the caller), naming the nearest one."""
+    valid = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    for key in data or {}:
+        name = str(key).replace("-", "_")
+        if name in skip:
+            raise PosinterpError(f"'{where}{key}' is set by the pipeline; remove it from the recipe")
+        if name not in valid:
+            near = difflib.get_close_matches(name, valid, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+            raise PosinterpError(f"unknown key '{where}{key}'{hint}")

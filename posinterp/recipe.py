@@ -125,9 +125,8 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[R
             raise _nearest(row, list(ROWS), "eval.rows: ")
     recipe = Recipe(**{**data, "eval": EvalSection(**ev)})
     # check every section against its verb's config dataclass now, before any work
-    from posinterp.cli import check_keys
-
     from posinterp import extend as extend_mod
+    from posinterp.cli import check_keys
 
     check_keys(extend_mod.ExtendConfig, recipe.extend, "extend.", skip=("model", "out"))
     from posinterp import train as train_mod

@@ -81,13 +81,12 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
     if "pi_ft" in rows:
         stages.append(Stage("train (PI)", run_dir / "pi-ft",
                             lambda: train(TrainConfig(model=str(run_dir / "extended"), out=run_dir / "pi-ft",
-                                                      **recipe.train)),
+                                                      resume=True, **recipe.train)),
                             f"fine-tune the PI model: {_train_summary(recipe.train)}"))
     if "nopi_ft" in rows:
-        extra = {"rope": "none"} if "rope" in _fields(TrainConfig) else {}
         stages.append(Stage("train (no PI)", run_dir / "nopi-ft",
                             lambda: train(TrainConfig(model=recipe.model, out=run_dir / "nopi-ft",
-                                                      **{**recipe.train, **extra})),
+                                                      resume=True, **recipe.train)),
                             f"fine-tune without PI, same steps and data: {_train_summary(recipe.train)}"))
     windows = [int(w) for w in recipe.eval.windows]
     lengths = recipe.eval.passkey_lengths or windows
@@ -110,12 +109,6 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
                 lengths=",".join(map(str, row_lengths)), **common, **recipe.eval.passkey),
                 f"passkey of {ROW_TITLES[row]} at {row_lengths}"))
     return stages
-
-
-def _fields(cls) -> set[str]:
-    import dataclasses
-
-    return {f.name for f in dataclasses.fields(cls)}
 
 
 def _bind(fn, cls, **kwargs):
@@ -155,7 +148,8 @@ def dry_run(recipe: Recipe, data: dict, stages: list[Stage], run_dir: Path) -> d
     gpus = int(dist.get("gpus", 1))
     est = estimate(config, seq_len=seq_len, micro_batch=micro, grad_accum=accum, steps=steps, gpus=gpus,
                    sharded=bool(dist.get("sharded", gpus > 1)),
-                   checkpointing=bool(get("activation_checkpointing", True)), lora=bool(get("lora", False)),
+                   checkpointing=str(get("checkpointing", "auto")) != "off", lora=bool(get("lora", False)),
+                   loss_chunk=int(get("loss_chunk", 2048)),
                    peak_tflops=float(dist.get("peak_tflops", 989.0)), mfu=float(dist.get("mfu", 0.4)))
     spec = str(get("data", "gutenberg"))
     try:
@@ -181,7 +175,7 @@ def dry_run(recipe: Recipe, data: dict, stages: list[Stage], run_dir: Path) -> d
     print(f"memory per device ≈ {est.total_gib:.1f} GiB (weights {est.weights_gib:.1f}, grads {est.grads_gib:.1f}, "
           f"Adam {est.optimizer_gib:.1f}, activations {est.activations_gib:.1f}, logits {est.logits_gib:.1f}; "
           f"{est.params / 1e9:.2f} B params{', sharded over ' + str(gpus) if est.sharded else ''})")
-    print(f"time ≈ {est.seconds_per_step:.1f} s/step, {est.hours_total:.1f} h for {steps} steps at "
+    print(f"time ≈ {est.seconds_per_step:.3g} s/step, {est.hours_total:.1f} h for {steps} steps at "
           f"{est.assumptions['mfu']:.0%} MFU of {est.assumptions['peak_tflops_per_device']:g} TFLOP/s per device")
     for s in plan_["stages"]:
         print(f"  [{s['status']}] {s['stage']:<18} → {s['output']}  ({s['what']})")

@@ -1,0 +1,574 @@
+"""`eval original`: does the extended model still work at the source model's own window?
+
+    posinterp eval original runs/smollm2-16k --out results/original  # baseline: posinterp.json's source
+    posinterp eval original runs/smollm2-16k --baseline smollm2-135m --passkey-trials 20
+    posinterp eval original runs/llama-32k --tasks boolq,piqa,winogrande,race --data-dir ~/lm-eval-data
+
+The paper checks that PI costs little inside the original window L (zero-shot BoolQ, PIQA, RACE,
+WinoGrande at L). Here
+the extended model and its source run the same checks at L, side by side, with the difference
+(extended − baseline) and its uncertainty:
+
+| check | how | uncertainty of the difference |
+| --- | --- | --- |
+| perplexity | `eval ppl` at window L on `--data` (documents cut to `--max-doc-tokens`) | paired bootstrap over documents |
+| passkey | `eval passkey` at length L, `--passkey-trials` trials | binomial standard errors, combined |
+| zero-shot | lm-evaluation-harness `simple_evaluate`, HFLM(max_length=L) | paired standard error over questions |
+
+Zero-shot tasks need the optional `lm-eval` package and the tasks' data on this machine: either
+`--data-dir D` with `D/<task>/<split>.parquet|.jsonl|.json` (the hub dataset's columns, e.g.
+saved with `load_dataset(...)[split].to_parquet(...)` where a network is), or the hub dataset
+already in the local Hugging Face cache. Nothing is downloaded (HF_DATASETS_OFFLINE=1).
+
+With `--out`, writes there atomically: results.json, results.md, and each check's own results folder
+(ppl-baseline/, passkey-extended/, ...); without, prints the table only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posinterp.cli import arg, as_config, to_dict
+from posinterp.errors import PosinterpError
+
+log = logging.getLogger(__name__)
+
+PAPER_TASKS = ("boolq", "piqa", "winogrande", "race")
+CHECKS = ("ppl", "passkey")
+DTYPES = ("bfloat16", "float32")
+LOCAL_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
+
+
+@dataclass
+class OriginalConfig:
+    model: str = arg(help="the extended checkpoint (a folder written by `posinterp extend` or `train`)",
+                     positional=True)
+    baseline: str | None = arg(None, help="the source model (default: `source` in the checkpoint's posinterp.json)")
+    window: int | None = arg(None, help="the original window L (default: posinterp.json original_length, "
+                                        "else the baseline's window)")
+    checks: str = arg("ppl,passkey", help="built-in checks to run: ppl, passkey (comma list; empty for none)")
+    data: str = arg("gutenberg", help="perplexity corpus (a built-in, files, or a datasets folder)")
+    split: str = arg("test", help="corpus split for perplexity")
+    text_field: str = arg("text", help="field holding the text in jsonl/parquet/datasets corpora")
+    ppl_docs: int | None = arg(None, help="perplexity on the first N documents only")
+    max_doc_tokens: int | None = arg(None, help="each perplexity document is cut to this many tokens "
+                                                "(default: L, one full window per document, to keep CPU time small)")
+    ppl_stride: int | None = arg(None, help="perplexity sliding-window stride (default: eval ppl's, 256)")
+    passkey_trials: int = arg(10, help="passkey trials at the original window (paper: 10 per length)")
+    tasks: str = arg("", help="zero-shot lm-eval tasks, e.g. boolq,piqa,winogrande,race (the paper's); "
+                              "needs `pip install 'posinterp[lm-eval]'` and local data (--data-dir)")
+    data_dir: Path | None = arg(None, help="folder with the tasks' data: <task>/<split>.parquet|.jsonl|.json")
+    task_limit: int | None = arg(None, help="evaluate only the first N questions of each task")
+    batch_size: int = arg(1, help="lm-eval batch size")
+    bootstrap: int = arg(2000, help="bootstrap resamples for the perplexity difference")
+    seed: int = arg(0, help="seed for passkey keys, the bootstrap and lm-eval")
+    dtype: str = arg("bfloat16", help="compute dtype of every check", choices=DTYPES)
+    out: Path | None = arg(None, help="folder for results.json, results.md and each check's own results "
+                                      "(none: print only)")
+    force: bool = arg(False, help="replace a non-empty --out")
+
+    def __post_init__(self) -> None:
+        self.check_list = [c.strip() for c in str(self.checks or "").split(",") if c.strip()]
+        for c in self.check_list:
+            if c not in CHECKS:
+                raise PosinterpError(f"--checks: unknown check '{c}'; choose from {', '.join(CHECKS)} "
+                                     "(zero-shot tasks go in --tasks)")
+        self.task_list = [t.strip() for t in str(self.tasks or "").split(",") if t.strip()]
+        if not self.check_list and not self.task_list:
+            raise PosinterpError("nothing to run: --checks is empty and no --tasks given; "
+                                 "e.g. --checks ppl,passkey or --tasks boolq,piqa")
+        if self.window is not None and int(self.window) < 16:
+            raise PosinterpError(f"--window {self.window} is too small; give the source model's window, e.g. 8192")
+        if self.ppl_docs is not None and int(self.ppl_docs) < 1:
+            raise PosinterpError(f"--ppl-docs {self.ppl_docs} must be at least 1 document")
+        if self.max_doc_tokens is not None and int(self.max_doc_tokens) < 2:
+            raise PosinterpError(f"--max-doc-tokens {self.max_doc_tokens} must be at least 2 tokens")
+        if int(self.passkey_trials) < 1:
+            raise PosinterpError(f"--passkey-trials {self.passkey_trials} must be at least 1")
+        if self.task_limit is not None and int(self.task_limit) < 1:
+            raise PosinterpError(f"--task-limit {self.task_limit} must be at least 1 question")
+        if int(self.bootstrap) < 100:
+            raise PosinterpError(f"--bootstrap {self.bootstrap} is too few resamples; use 100 or more (default 2000)")
+        if self.data_dir is not None:
+            self.data_dir = Path(self.data_dir).expanduser()
+        if self.out is not None:
+            self.out = Path(self.out)
+
+
+# --------------------------------------------------------------------------- statistics
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy p measured on n independent trials."""
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+def paired_se(a: list[float], b: list[float]) -> float:
+    """Standard error of mean(b − a) over paired items (the same questions for both models)."""
+    d = [y - x for x, y in zip(a, b)]
+    n = len(d)
+    if n < 2:
+        return float("nan")
+    m = sum(d) / n
+    return math.sqrt(sum((x - m) ** 2 for x in d) / (n - 1) / n)
+
+
+def ppl_difference(base: list[tuple[float, int]], ext: list[tuple[float, int]], *, resamples: int,
+                   seed: int) -> dict:
+    """Perplexity of each model and the difference, with a paired bootstrap over documents.
+
+    `base`/`ext` hold (summed NLL in nats, scored tokens) per document, the same documents in the
+    same order for both models. Each resample draws documents with replacement and recomputes
+    both corpus perplexities exp(Σ nll / Σ tokens) on that draw, so the spread reflects which
+    documents happened to be in the corpus while keeping the two models paired.
+    """
+    if len(base) != len(ext) or any(nb != ne for (_, nb), (_, ne) in zip(base, ext)):
+        raise PosinterpError("the two models scored different tokens (not the same tokenizer or documents); "
+                             "a paired comparison needs the same tokenizer")
+
+    def ppl(rows: list[tuple[float, int]], idx: list[int]) -> float:
+        return math.exp(sum(rows[i][0] for i in idx) / max(1, sum(rows[i][1] for i in idx)))
+
+    n = len(base)
+    every = list(range(n))
+    pb, pe = ppl(base, every), ppl(ext, every)
+    rng = random.Random(seed)
+    diffs = []
+    for _ in range(resamples if n > 1 else 0):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(ppl(ext, idx) - ppl(base, idx))
+    if diffs:
+        diffs.sort()
+        m = sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - m) ** 2 for d in diffs) / (len(diffs) - 1))
+        ci = (diffs[int(0.025 * len(diffs))], diffs[min(len(diffs) - 1, int(0.975 * len(diffs)))])
+    else:
+        se, ci = float("nan"), (float("nan"), float("nan"))
+    return {"baseline": pb, "extended": pe, "difference": pe - pb, "se": se, "ci95": list(ci), "n": n,
+            "tokens": sum(t for _, t in base)}
+
+
+# --------------------------------------------------------------------------- zero-shot tasks (lm-eval)
+
+def _lm_eval_missing() -> PosinterpError | None:
+    try:
+        import lm_eval  # noqa: F401
+        from lm_eval.models.huggingface import HFLM  # noqa: F401
+    except ImportError as err:
+        return PosinterpError(f"--tasks needs lm-evaluation-harness ({err.name or err} is missing): "
+                              "pip install 'posinterp[lm-eval]' (or pip install lm-eval), or drop --tasks")
+    return None
+
+
+@contextlib.contextmanager
+def offline():
+    """No network for the datasets/hub libraries inside (their flags are read at import, so set both)."""
+    saved = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    patched = []
+    for module, attr in (("datasets.config", "HF_DATASETS_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                         ("huggingface_hub.constants", "HF_HUB_OFFLINE")):
+        try:
+            mod = __import__(module, fromlist=[attr])
+        except ImportError:
+            continue
+        if hasattr(mod, attr):
+            patched.append((mod, attr, getattr(mod, attr)))
+            setattr(mod, attr, True)
+    try:
+        yield
+    finally:
+        for mod, attr, value in patched:
+            setattr(mod, attr, value)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _entry_path(task_manager: Any, task: str) -> Path | None:
+    entry = task_manager.task_index.get(task)
+    if entry is None:
+        return None
+    path = getattr(entry, "yaml_path", None) if not isinstance(entry, dict) else entry.get("yaml_path")
+    return Path(path) if path and str(path) != "-1" else None
+
+
+def _read_task_yaml(path: Path) -> dict:
+    """A task's YAML as plain values (`!function` tags kept as text), includes merged."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: f"!function {loader.construct_scalar(node)}")
+    cfg = yaml.load(path.read_text(), Loader=Loader) or {}  # noqa: S506 - SafeLoader subclass
+    includes = cfg.pop("include", None)
+    merged: dict = {}
+    for inc in includes if isinstance(includes, list) else ([includes] if includes else []):
+        inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
+        merged.update(_read_task_yaml(inc_path))
+    merged.update(cfg)
+    return merged
+
+
+def _eval_split(cfg: dict) -> str | None:
+    return cfg.get("test_split") or cfg.get("validation_split")
+
+
+def _local_files(data_dir: Path | None, task: str, split: str) -> list[Path]:
+    if data_dir is None:
+        return []
+    folder = data_dir / task
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in LOCAL_SUFFIXES
+                  and re.match(rf"^{re.escape(split)}([._\-]|$)", p.name))
+
+
+def _in_hub_cache(cfg: dict, split: str) -> bool:
+    """Whether the harness's own hub dataset loads from the local cache, with no network."""
+    from datasets import load_dataset
+
+    try:
+        with offline():
+            load_dataset(cfg["dataset_path"], cfg.get("dataset_name"), split=split,
+                         **(cfg.get("dataset_kwargs") or {}))
+        return True
+    except Exception:
+        return False
+
+
+@dataclass
+class TaskPlan:
+    """The zero-shot tasks to run: {task: {"name": harness task name, "source", "split"}} and the
+    harness TaskManager that knows them (built once: indexing every task YAML takes seconds)."""
+
+    tasks: dict[str, dict]
+    manager: Any
+
+
+def plan_tasks(tasks: list[str], data_dir: Path | None, workdir: Path) -> TaskPlan:
+    """Check, before any model runs, that lm-eval is installed and every task's data is here.
+
+    A task with local files runs as `<task>-local`: a YAML in `workdir` that includes the
+    harness's own task and points its dataset at the files (nothing else changes: prompt,
+    choices, metric are the harness's). Otherwise the harness's hub dataset must be in the local
+    cache.
+    """
+    missing = _lm_eval_missing()
+    if missing:
+        raise missing
+    import yaml
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager()
+    plan: dict[str, dict] = {}
+    for task in tasks:
+        path = _entry_path(manager, task)
+        if path is None:
+            raise PosinterpError(f"--tasks {task}: not a single lm-eval task with a YAML config "
+                                 f"(the paper's: {','.join(PAPER_TASKS)})")
+        cfg = _read_task_yaml(path)
+        split = _eval_split(cfg)
+        if split is None:
+            raise PosinterpError(f"--tasks {task}: the task names no test or validation split")
+        files = _local_files(data_dir, task, split)
+        hub = f"{cfg.get('dataset_path')}" + (f" ({cfg['dataset_name']})" if cfg.get("dataset_name") else "")
+        if files:
+            kinds = {LOCAL_SUFFIXES[f.suffix] for f in files}
+            if len(kinds) > 1:
+                raise PosinterpError(f"--data-dir {data_dir / task}: mix of parquet and json files for split "
+                                     f"'{split}'; keep one format")
+            name = f"{task}-local"
+            override = {
+                "include": str(path), "task": name, "tag": [],
+                "dataset_path": kinds.pop(), "dataset_name": None,
+                "dataset_kwargs": {"data_files": {split: [str(f) for f in files]}},
+                "training_split": None, "validation_split": None, "test_split": None, "fewshot_split": None,
+            }
+            override["test_split" if cfg.get("test_split") else "validation_split"] = split
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / f"{name}.yaml").write_text(yaml.safe_dump(override, sort_keys=False))
+            plan[task] = {"name": name, "source": f"{', '.join(str(f) for f in files)} (columns of {hub})",
+                          "split": split}
+        elif _in_hub_cache(cfg, split):
+            plan[task] = {"name": task, "source": f"{hub}, local Hugging Face cache", "split": split}
+        else:
+            where = f"{data_dir}/{task}/{split}.parquet" if data_dir else f"--data-dir D with D/{task}/{split}.parquet"
+            raise PosinterpError(f"--tasks {task}: no data on this machine; provide {where} (or .jsonl) holding "
+                                 f"the '{split}' split of {hub} with its original columns, or that dataset in "
+                                 "the Hugging Face cache; nothing is downloaded")
+    if any(p["name"] != t for t, p in plan.items()):
+        manager = TaskManager(include_path=str(workdir))
+    return TaskPlan(plan, manager)
+
+
+def zero_shot(model: Any, tokenizer: Any, task_plan: TaskPlan, *, window: int, limit: int | None,
+              batch_size: int, seed: int) -> dict[str, dict]:
+    """Run the planned tasks zero-shot on an already loaded model; per task: accuracy, n, per-question scores."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    plan = task_plan.tasks
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=int(window), batch_size=int(batch_size))
+    with offline():
+        res = simple_evaluate(model=lm, tasks=[p["name"] for p in plan.values()], num_fewshot=0, limit=limit,
+                              log_samples=True, task_manager=task_plan.manager, random_seed=seed,
+                              numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
+    out = {}
+    for task, p in plan.items():
+        metrics = res["results"][p["name"]]
+        samples = sorted(res["samples"][p["name"]], key=lambda s: s["doc_id"])
+        metric = "acc"
+        scores = [float(s[metric]) for s in samples]
+        out[task] = {"metric": metric, "value": float(metrics[f"{metric},none"]), "n": len(scores),
+                     "doc_ids": [s["doc_id"] for s in samples], "scores": scores,
+                     "harness_stderr": metrics.get(f"{metric}_stderr,none"), "split": p["split"],
+                     "source": p["source"]}
+    return out
+
+
+# --------------------------------------------------------------------------- perplexity and passkey
+
+def _sub_out(tmp: Path | None, name: str) -> Path | None:
+    return None if tmp is None else tmp / name
+
+
+def _ppl_row(cfg: OriginalConfig, pl: Plan, tmp: Path | None, models_) -> dict:
+    """`eval ppl` of both models at window L on the same documents; paired bootstrap of the difference."""
+    from posinterp.evals.perplexity import PerplexityConfig, perplexity
+
+    max_tokens = int(cfg.max_doc_tokens or pl.window)
+    # eval ppl's own stride (the paper's 256) unless the window is too small for it; a document cut
+    # to L tokens is one window whatever the stride
+    default_stride = PerplexityConfig.__dataclass_fields__["stride"].default
+    stride = int(cfg.ppl_stride or min(default_stride, pl.window // 2))
+    runs = {}
+    for role, ref in models_:
+        log.info("perplexity of %s (%s) at window %d", role, ref, pl.window)
+        runs[role] = perplexity(PerplexityConfig(
+            model=ref, data=cfg.data, split=cfg.split, text_field=cfg.text_field, max_docs=cfg.ppl_docs,
+            max_tokens=max_tokens, windows=str(pl.window), stride=stride, dtype=cfg.dtype, seed=cfg.seed,
+            out=_sub_out(tmp, f"ppl-{role}")))
+    docs = {role: runs[role]["windows"][0]["documents"] for role in runs}
+    if [d["name"] for d in docs["baseline"]] != [d["name"] for d in docs["extended"]]:
+        raise PosinterpError("perplexity: the two runs scored different documents")
+    stats = ppl_difference([(d["nll_sum"], d["scored"]) for d in docs["baseline"]],
+                           [(d["nll_sum"], d["scored"]) for d in docs["extended"]],
+                           resamples=int(cfg.bootstrap), seed=int(cfg.seed))
+    w = runs["baseline"]["windows"][0]
+    return {"check": f"perplexity, {runs['baseline']['corpus'].split(' (')[0]}", "kind": "perplexity",
+            "baseline": stats["baseline"], "extended": stats["extended"], "difference": stats["difference"],
+            "se": stats["se"], "ci95": stats["ci95"], "n": stats["n"],
+            "n_text": f"{stats['n']} docs, {stats['tokens']} tokens",
+            "uncertainty": f"paired bootstrap over documents ({cfg.bootstrap} resamples; 95% percentile interval)",
+            "protocol": {"window": pl.window, "stride": w["stride"], "max_doc_tokens": max_tokens,
+                         "corpus": runs["baseline"]["corpus"]},
+            "per_document": [{"name": b["name"], "baseline": b["perplexity"], "extended": e["perplexity"],
+                              "tokens": b["scored"]} for b, e in zip(docs["baseline"], docs["extended"])]}
+
+
+def _passkey_row(cfg: OriginalConfig, pl: Plan, tmp: Path | None, models_) -> dict:
+    """`eval passkey` of both models at length L (same keys and depths); binomial standard errors."""
+    from posinterp.evals.passkey import PasskeyConfig, passkey
+
+    runs = {}
+    for role, ref in models_:
+        log.info("passkey of %s (%s) at length %d", role, ref, pl.window)
+        runs[role] = passkey(PasskeyConfig(model=ref, lengths=str(pl.window), trials=int(cfg.passkey_trials),
+                                           dtype=cfg.dtype, seed=cfg.seed,
+                                           out=_sub_out(tmp, f"passkey-{role}")))
+    correct = {role: [bool(t["correct"]) for t in runs[role]["trials"]] for role in runs}
+    n = len(correct["baseline"])
+    acc = {role: sum(v) / len(v) for role, v in correct.items()}
+    se_b, se_e = binomial_se(acc["baseline"], n), binomial_se(acc["extended"], n)
+    se = math.sqrt(se_b ** 2 + se_e ** 2)
+    diff = acc["extended"] - acc["baseline"]
+    same_prompts = [t["key"] for t in runs["baseline"]["trials"]] == [t["key"] for t in runs["extended"]["trials"]]
+    return {"check": f"passkey retrieval at length {pl.window}", "kind": "accuracy",
+            "baseline": acc["baseline"], "extended": acc["extended"], "difference": diff, "se": se,
+            "ci95": _interval(diff, se), "n": n, "n_text": f"{n} trials",
+            "uncertainty": "binomial standard errors of the two accuracies, combined (√(se_b² + se_e²))",
+            "baseline_se": se_b, "extended_se": se_e, "same_keys_and_depths": same_prompts,
+            "disagreements": sum(a != b for a, b in zip(correct["baseline"], correct["extended"]))}
+
+
+# --------------------------------------------------------------------------- the verb
+
+@dataclass
+class Plan:
+    """Everything resolved before any model runs."""
+
+    extended: str
+    baseline: str
+    window: int
+    baseline_from: str
+    window_from: str
+
+
+def plan(cfg: OriginalConfig) -> Plan:
+    """Resolve both models and the original window; refuse what cannot be compared, before any work."""
+    from posinterp import models
+    from posinterp.export import read_provenance
+    from posinterp.rope import window
+
+    ref = models.resolve(cfg.model)
+    prov = read_provenance(ref.folder) or {}
+    if cfg.baseline:
+        baseline, baseline_from = cfg.baseline, "--baseline"
+    elif prov.get("source"):
+        baseline, baseline_from = str(prov["source"]), "posinterp.json source"
+    else:
+        raise PosinterpError(f"{cfg.model} has no posinterp.json naming its source model; give --baseline MODEL")
+    try:
+        base_ref = models.resolve(baseline)
+    except PosinterpError as err:
+        if cfg.baseline:
+            raise
+        raise PosinterpError(f"{cfg.model}'s posinterp.json names the source '{baseline}', which is not here "
+                             f"({err}); give --baseline MODEL") from None
+    ext_config, base_config = models.load_config(ref), models.load_config(base_ref)
+    models.check_rope(ext_config)
+    models.check_rope(base_config)
+    if cfg.window is not None:
+        L, window_from = int(cfg.window), "--window"
+    elif prov.get("original_length"):
+        L, window_from = int(prov["original_length"]), "posinterp.json original_length"
+    else:
+        L, window_from = models.original_window(base_config), "the baseline's config"
+    for name, config in (("baseline " + baseline, base_config), ("extended model " + cfg.model, ext_config)):
+        if L > window(config):
+            raise PosinterpError(f"--window {L} exceeds the window {window(config)} of the {name}; "
+                                 f"give --window {window(config)} or less")
+    if ext_config.vocab_size != base_config.vocab_size:
+        raise PosinterpError(f"the extended model's vocabulary ({ext_config.vocab_size}) differs from the baseline's "
+                             f"({base_config.vocab_size}): not the same source; check --baseline")
+    if "ppl" in cfg.check_list:  # the corpus is there and not empty (the first document is enough)
+        from posinterp.corpus import load_documents
+
+        load_documents(cfg.data, split=cfg.split, text_field=cfg.text_field, limit=1)
+    return Plan(str(cfg.model), baseline, L, baseline_from, window_from)
+
+
+def _fmt(value: float, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.1f}%" if kind == "accuracy" else f"{value:.3f}"
+
+
+def _fmt_diff(value: float, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:+.1f} pt" if kind == "accuracy" else f"{value:+.3f}"
+
+
+def markdown(result: dict) -> str:
+    p = result["plan"]
+    lines = [f"# At the original window: {p['extended']} vs {p['baseline']}", "",
+             f"window L = {p['window']} (from {p['window_from']}); baseline from {p['baseline_from']}.", "",
+             f"| check at L = {p['window']} | n | baseline | extended | extended − baseline | s.e. | 95% interval |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        k = r["kind"]
+        ci = r.get("ci95")
+        ci_text = f"[{_fmt_diff(ci[0], k)}, {_fmt_diff(ci[1], k)}]" if ci else "–"
+        lines.append(f"| {r['check']} | {r['n_text']} | {_fmt(r['baseline'], k)} | {_fmt(r['extended'], k)} | "
+                     f"{_fmt_diff(r['difference'], k)} | {_fmt_diff(r['se'], k).lstrip('+')} | {ci_text} |")
+    lines += ["", "Uncertainty of the difference: " + "; ".join(f"{r['check']}: {r['uncertainty']}"
+                                                                  for r in result["rows"]) + "."]
+    lines += [f"- {note}" for note in result.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _interval(diff: float, se: float) -> list[float] | None:
+    return None if math.isnan(se) else [diff - 1.96 * se, diff + 1.96 * se]
+
+
+def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
+    """Run the checks on the extended model and its source at the source's window; returns the table.
+
+    `original(OriginalConfig(...))` or `original("runs/smollm2-16k", baseline="smollm2-135m")`.
+    """
+    cfg = as_config(OriginalConfig, cfg, kwargs)
+    from posinterp.atomic import atomic_dir, check_out, write_json, write_text
+    from posinterp.versions import versions
+
+    if cfg.out is not None:
+        check_out(cfg.out, cfg.force)
+    pl = plan(cfg)
+    notes: list[str] = []
+    rows: list[dict] = []
+    models_ = (("baseline", pl.baseline), ("extended", pl.extended))
+    with contextlib.ExitStack() as stack:
+        # with --out, everything (the sub-evals' folders too) appears at once in it; without, only printed
+        tmp = stack.enter_context(atomic_dir(cfg.out, force=cfg.force)) if cfg.out is not None else None
+        work = tmp or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="posinterp-original-")))
+        task_plan = plan_tasks(cfg.task_list, cfg.data_dir, work / "lm-eval-tasks") if cfg.task_list else None
+        log.info("original-window check at L = %d: baseline %s vs extended %s", pl.window, pl.baseline, pl.extended)
+        if "ppl" in cfg.check_list:
+            rows.append(_ppl_row(cfg, pl, tmp, models_))
+        if "passkey" in cfg.check_list:
+            rows.append(_passkey_row(cfg, pl, tmp, models_))
+        if task_plan:
+            rows += _task_rows(cfg, pl, models_, task_plan)
+        else:
+            notes.append(f"zero-shot tasks: none asked (the paper's: --tasks {','.join(PAPER_TASKS)} --data-dir D)")
+        result = {"verb": "eval original", "plan": vars(pl), "rows": rows, "notes": notes,
+                  "config": to_dict(cfg), "versions": {**versions(), "lm_eval": _version("lm-eval")}}
+        table = markdown(result)
+        if tmp is not None:
+            write_json(tmp / "results.json", result)
+            write_text(tmp / "results.md", table)
+    print(table, end="")
+    if cfg.out is not None:
+        log.info("wrote %s", cfg.out)
+    return result
+
+
+def _version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _task_rows(cfg: OriginalConfig, pl: Plan, models_, task_plan: TaskPlan) -> list[dict]:
+    import gc
+
+    import torch
+
+    from posinterp import models
+
+    scores = {}
+    for role, ref in models_:
+        log.info("zero-shot %s on %s (%s)", ",".join(task_plan.tasks), role, ref)
+        model, tokenizer, _ = models.load(ref, dtype=getattr(torch, cfg.dtype))
+        scores[role] = zero_shot(model, tokenizer, task_plan, window=pl.window, limit=cfg.task_limit,
+                                 batch_size=cfg.batch_size, seed=cfg.seed)
+        del model
+        gc.collect()
+    rows = []
+    for task in task_plan.tasks:
+        b, e = scores["baseline"][task], scores["extended"][task]
+        if b["doc_ids"] != e["doc_ids"]:
+            raise PosinterpError(f"lm-eval scored different questions of {task} for the two models")
+        diff = e["value"] - b["value"]
+        se = paired_se(b["scores"], e["scores"])
+        rows.append({"check": f"{task} zero-shot {b['metric']} ({b['split']})", "kind": "accuracy",
+                     "baseline": b["value"], "extended": e["value"], "difference": diff, "se": se,
+                     "ci95": _interval(diff, se), "n": b["n"], "n_text": f"{b['n']} questions",
+                     "uncertainty": "paired standard error over the same questions",
+                     "baseline_se": b["harness_stderr"], "extended_se": e["harness_stderr"], "data": b["source"]})
+    return rows

@@ -1,0 +1,132 @@
+"""A synthetic passkey task small enough to pretrain a LLaMA on from scratch in seconds on a CPU.
+
+    folder = tiny_passkey_model(Path("runs/tiny"), window=128, seed=0)   # random init + tokenizer
+    write_passkey_corpus(folder, Path("runs/tiny-data.jsonl"), documents=2000, length=127, seed=0)
+    posinterp train runs/tiny --data runs/tiny-data.jsonl --seq-len 128 --steps 500 --lr 1e-3 --out runs/tiny-pt
+
+The documents are the passkey eval's own prompts (`posinterp.evals.passkey.PromptBuilder`, the
+paper's template: task sentence, filler, the key sentence at a random depth, more filler, the
+question) followed by the answer " 12345.", so a model pretrained on them is measured by the real
+`passkey` eval on exactly the distribution it learned, at any length.
+
+The tokenizer is a byte-level BPE trained on the template alone (a vocabulary of about a hundred
+entries instead of SmolLM2's 49152, so the embedding and the softmax cost nearly nothing), with
+every digit its own token: a key is five tokens that the model copies one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+EOS = "<eos>"
+VOCAB = 256
+"""BPE vocabulary cap; the template saturates it at 174 entries (its characters and every whole word)."""
+
+
+def passkey_tokenizer(vocab_size: int = VOCAB) -> Any:
+    """A `PreTrainedTokenizerFast` trained on the passkey template (digits split one per token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from posinterp.evals.passkey import FILLER, KEY, QUESTION, TASK
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    sample = [TASK, FILLER, " " + FILLER, KEY.format(key="0123456789"), QUESTION + " 12345.", "\n", " \n", "a"]
+    alphabet = sorted({c for text in sample for c in _bytes_to_unicode(text)})
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=alphabet,
+                                  show_progress=False)
+    # the template's sentences repeated so word merges win over rare pairs
+    tok.train_from_iterator(sample * 50, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+
+
+def _bytes_to_unicode(text: str) -> list[str]:
+    """The byte-level alphabet characters that encode `text` (GPT-2's byte → printable map)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = dict(zip(bs, (chr(c) for c in cs)))
+    return [table[b] for b in text.encode("utf-8")]
+
+
+def tiny_passkey_model(out: Path, *, window: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
+                       rope_theta: float = 10000.0, init_std: float = 0.02, tokenizer: Any = None) -> Path:
+    """Save a randomly initialised LLaMA (window `window`) with the passkey tokenizer into `out`."""
+    import torch
+    import transformers as tf
+
+    tokenizer = tokenizer if tokenizer is not None else passkey_tokenizer()
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    cfg = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=window, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, initializer_range=init_std)
+    model = tf.LlamaForCausalLM(cfg)
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.model_max_length = window
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def passkey_document(builder: Any, rng: random.Random, length: int) -> list[int]:
+    """One passkey document of exactly `length` tokens: the eval's prompt, then the answer " 12345."."""
+    key = str(rng.randint(10000, 99999))
+    answer = builder._enc(f" {key}.")
+    return list(builder.build(length - len(answer), rng.random(), key).ids) + answer
+
+
+def passkey_sequences(tokenizer: Any, *, sequences: int, seq_len: int, seed: int,
+                      min_length: int | None = None, max_length: int | None = None) -> list[str]:
+    """Documents that `posinterp.data` packs into exactly `sequences` training sequences of `seq_len` tokens.
+
+    Each sequence is filled with passkey documents of random lengths in [min_length, max_length]
+    (default: the shortest the template allows, and seq_len − 1), the first at the sequence's start
+    (where the eval's prompts start), each followed by EOS; what is left at the end is filler, so no
+    document is ever cut in two. Varying the length keeps the model from finding the question by
+    its absolute position.
+    """
+    from posinterp.evals.passkey import PromptBuilder
+
+    builder = PromptBuilder(tokenizer)
+    shortest = builder.fixed("12345") + 16  # the template, the answer and a little filler
+    lo = max(shortest, int(min_length or shortest))
+    hi = min(seq_len - 1, int(max_length or seq_len - 1))
+    if lo > hi:
+        raise ValueError(f"no passkey document fits: lengths [{lo}, {hi}] with seq_len {seq_len}")
+    rng = random.Random(f"synthetic-passkey:{seed}:{seq_len}:{lo}:{hi}")
+    texts = []
+    for _ in range(sequences):
+        room = seq_len  # tokens left in this sequence, EOS included
+        while room - 1 >= lo:
+            length = rng.randint(lo, min(hi, room - 1))
+            if room - 1 - length == 1:  # one token left would be a lone EOS, an empty document
+                length = length - 1 if length > lo else length + 1
+            texts.append(tokenizer.decode(passkey_document(builder, rng, length)))
+            room -= length + 1
+        if room:
+            texts.append(tokenizer.decode(builder.stream(room - 1)))
+    return texts
+
+
+def write_jsonl(texts: list[str], out: Path) -> Path:
+    """One `{"text": ...}` line per document (what `posinterp.corpus` reads with the default --text-field)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as fh:
+        for text in texts:
+            fh.write(json.dumps({"text": text}) + "\n")
+    return out

@@ -1,0 +1,638 @@
+"""The `train` verb: the paper's short fine-tune at the extended window, top to bottom.
+
+    posinterp train runs/smollm2-16k --data corpus/ --seq-len 16384 --steps 1000 --out runs/smollm2-16k-ft
+    posinterp train smollm2-135m --rope pi:2 --seq-len 4096 --steps 30 --lr 1e-4 --out runs/smollm2-16k-ft
+    posinterp train ... --resume        # after a crash, a kill or Ctrl-C: the identical batch sequence continues
+    posinterp train ... --lora          # LoRA on attention, embeddings and norms trainable (LongLoRA)
+    accelerate launch --config_file recipes/accelerate/fsdp.yaml -m posinterp train ...
+
+Recipe (paper §3.1, the defaults of `TrainConfig`): AdamW β (0.9, 0.95), weight decay 0, lr 2e-5,
+20 warmup steps rising linearly from 10% of the peak, then constant; gradient clipping 1.0; bf16
+autocast over fp32 master weights. Sequences are packed documents of exactly `--seq-len` tokens
+(`posinterp.data`); the loss never holds the full logits (`posinterp.loss`). Checkpoints
+(`posinterp.checkpoint`) go to `<out>-checkpoints/`; the final `--out` is a standard extended
+checkpoint, loadable by plain `AutoModelForCausalLM.from_pretrained`.
+
+One optimizer step reads `batch_size × grad_accum × processes` sequences (the global batch) from
+one stream that every process reads the same way; process r takes every r-th of them, so the
+batches and the losses do not depend on how the global batch is split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posinterp.cli import arg, as_config, to_dict
+from posinterp.errors import PosinterpError
+
+log = logging.getLogger(__name__)
+
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 110
+"""Measured on SmolLM2 (bf16 autocast, SDPA, CPU): activations kept for backward ≈ 110 bytes per
+token, layer and hidden unit without checkpointing (9.8 GB peak vs 5.7 GB with it at 4096 tokens)."""
+
+IDENTITY = ("model", "rope", "original_length", "data", "split", "text_field", "seq_len", "seed", "shuffle_buffer",
+            "global_batch", "lr", "schedule", "warmup", "warmup_from", "min_lr_ratio", "beta1", "beta2",
+            "weight_decay", "grad_clip", "precision", "lora", "lora_rank", "lora_alpha", "lora_targets",
+            "lora_trainable")
+"""Settings a resumed run must share with its checkpoint (else it would not continue the same run)."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = arg(help="model to fine-tune: an extended checkpoint (posinterp extend), HF folder, .gguf, "
+                          "cached hub id, or alias smollm2-135m", positional=True)
+    out: Path = arg(help="folder for the final fine-tuned checkpoint")
+    data: str = arg("gutenberg", help="training documents: files, folder, glob, .jsonl/.parquet, datasets folder, "
+                                      "or a built-in corpus (gutenberg, pydoc); comma-separate to combine")
+    split: str = arg("train", help="split of a built-in corpus (train never includes the held-out test books)",
+                     choices=("train", "test", "all"))
+    text_field: str = arg("text", help="field holding the text in .jsonl/.parquet/datasets sources")
+    seq_len: int | None = arg(None, help="tokens per packed sequence (default: the model's window)")
+    steps: int = arg(1000, help="optimizer steps (paper: 1000)")
+    batch_size: int = arg(1, help="sequences per process per micro-step")
+    grad_accum: int = arg(1, help="micro-steps per optimizer step; global batch = batch-size × grad-accum × processes")
+    lr: float = arg(2e-5, help="peak learning rate (paper: 2e-5 for 7B/13B, 1e-5 for 33B/65B)")
+    schedule: str = arg("constant", help="after warmup: constant (paper) or cosine", choices=("constant", "cosine"))
+    warmup: int = arg(20, help="linear warmup steps (paper: 20)")
+    warmup_from: float = arg(0.1, help="warmup starts at this fraction of --lr (paper: 10%%)")
+    min_lr_ratio: float = arg(0.1, help="with --schedule cosine: final learning rate as a fraction of --lr")
+    beta1: float = arg(0.9, help="AdamW β1")
+    beta2: float = arg(0.95, help="AdamW β2 (paper: 0.95)")
+    weight_decay: float = arg(0.0, help="AdamW weight decay (paper: 0)")
+    grad_clip: float = arg(1.0, help="clip the global gradient norm to this (0 = no clipping)")
+    precision: str = arg("bf16", help="bf16: autocast over fp32 master weights; fp32: everything in fp32",
+                         choices=("bf16", "fp32"))
+    checkpointing: str = arg("auto", help="activation checkpointing: on, off, or auto (on when activations would "
+                                          "not fit in half the free memory)", choices=("auto", "on", "off"))
+    attn: str = arg("auto", help="attention kernel: auto (flash_attention_2 on a GPU when installed, else sdpa)",
+                    choices=("auto", "sdpa", "flash_attention_2", "eager"))
+    loss_chunk: int = arg(2048, help="tokens per chunk of the lm_head + cross-entropy (never the full logits)")
+    seed: int = arg(0, help="seed for the data order and any random init (LoRA)")
+    shuffle_buffer: int = arg(1000, help="sequences in the shuffle buffer (1 = corpus order)")
+    rope: str | None = arg(None, help="extend on the fly before training, e.g. pi:2 (default: use the model as is)")
+    original_length: int | None = arg(None, help="with --rope: window the model was trained at (default: its config)")
+    lora: bool = arg(False, help="train LoRA adapters on attention (plus --lora-trainable), merged into --out")
+    lora_rank: int = arg(8, help="LoRA rank")
+    lora_alpha: float = arg(16.0, help="LoRA alpha (scale = alpha / rank)")
+    lora_targets: str = arg("q_proj,k_proj,v_proj,o_proj", help="modules that get LoRA adapters")
+    lora_trainable: str = arg("embed,norm", help="with --lora: parameters whose name contains one of these train "
+                                                 "fully (LongLoRA: embeddings and norms); empty for none")
+    save_every: int = arg(100, help="save a checkpoint every N steps (0 = only at the end)")
+    keep: int = arg(2, help="checkpoints to keep (the newest)")
+    checkpoint_dir: Path | None = arg(None, help="where checkpoints, metrics.jsonl and TensorBoard logs go "
+                                                 "(default: <out>-checkpoints)")
+    resume: bool = arg(False, help="continue from the newest complete checkpoint in --checkpoint-dir")
+    tensorboard: bool = arg(True, help="write TensorBoard logs beside metrics.jsonl")
+    force: bool = arg(False, help="replace a non-empty --out and discard earlier checkpoints of this run")
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.checkpoint_dir is None:
+            self.checkpoint_dir = self.out.with_name(self.out.name + "-checkpoints")
+        self.checkpoint_dir = Path(self.checkpoint_dir)
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "keep": self.keep, "loss_chunk": self.loss_chunk, "shuffle_buffer": self.shuffle_buffer,
+                    "lora_rank": self.lora_rank}
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise PosinterpError(f"--{name.replace('_', '-')} {value} must be at least 1")
+        if self.seq_len is not None and int(self.seq_len) < 2:
+            raise PosinterpError(f"--seq-len {self.seq_len} must be at least 2 tokens")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise PosinterpError(f"--lr {self.lr} must be a positive finite number, e.g. --lr 2e-5")
+        if self.warmup < 0 or self.save_every < 0:
+            raise PosinterpError(f"--warmup {self.warmup} / --save-every {self.save_every} must not be negative")
+        for name in ("warmup_from", "min_lr_ratio"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise PosinterpError(f"--{name.replace('_', '-')} {getattr(self, name)} must be within [0, 1]")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise PosinterpError(f"--{name} {getattr(self, name)} must be within [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise PosinterpError("--weight-decay and --grad-clip must not be negative")
+        if self.rope is not None:
+            from posinterp.rope import parse_rope
+
+            parse_rope(self.rope)
+        if self.out.resolve() == self.checkpoint_dir.resolve():
+            raise PosinterpError(f"--checkpoint-dir {self.checkpoint_dir} must differ from --out")
+
+
+# -- learning-rate schedule -----------------------------------------------------------------------
+class Schedule:
+    """lr multiplier for optimizer step i (0-based): linear warmup from `start`, then constant or cosine.
+
+    A plain object (not a lambda) so `LambdaLR.state_dict()` can save it.
+    """
+
+    def __init__(self, warmup: int, start: float, kind: str = "constant", total: int = 1,
+                 floor: float = 0.1) -> None:
+        self.warmup, self.start, self.kind, self.total, self.floor = int(warmup), float(start), kind, int(total), float(floor)
+
+    def __call__(self, i: int) -> float:
+        if i < self.warmup:
+            return self.start + (1.0 - self.start) * i / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (i - self.warmup) / max(1, self.total - self.warmup))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# -- model -----------------------------------------------------------------------------------------
+def _free_bytes(device: Any) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def resolve_checkpointing(choice: str, config: Any, tokens: int, device: Any) -> tuple[bool, str]:
+    """(on?, why): `auto` turns it on when the activations would not fit in half the free memory."""
+    if choice != "auto":
+        return choice == "on", f"--checkpointing {choice}"
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    need = ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * tokens * layers * hidden
+    free = _free_bytes(device)
+    on = need > free // 2
+    return on, f"auto: ≈{need / 2**30:.1f} GiB of activations {'>' if on else '≤'} half of {free / 2**30:.1f} GiB free"
+
+
+def resolve_attn(choice: str, device: Any) -> str:
+    import importlib.util
+
+    if choice != "auto":
+        return choice
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def build_model(cfg: TrainConfig, source: Any, resume_dir: Path | None, attn: str) -> tuple[Any, Any, dict | None]:
+    """(trainable model — HF, or PEFT-wrapped with --lora —, tokenizer, rope summary or None), fp32 weights.
+
+    A full fine-tune resumes by loading the checkpoint's own weights (its config already carries the
+    rope scaling, so --rope is not applied twice); LoRA rebuilds base + adapters and loads the
+    trainable tensors.
+    """
+    import torch
+
+    from posinterp import models
+    from posinterp.rope import parse_rope
+
+    spec = parse_rope(cfg.rope) if cfg.rope else None
+    if resume_dir is not None and not cfg.lora:
+        ref = models.ModelRef(str(resume_dir), Path(resume_dir))
+        lm, info = models.load_model(ref, dtype=torch.float32, attn_implementation=attn)
+    else:
+        lm, info = models.load_model(source, rope=spec, original_length=cfg.original_length, dtype=torch.float32,
+                                     attn_implementation=attn)
+    tokenizer = models.load_tokenizer(source)  # the data are always tokenized by the source's own tokenizer
+    if cfg.lora:
+        lm = _add_lora(cfg, lm)
+        if resume_dir is not None:
+            from posinterp.checkpoint import load_trainable
+
+            load_trainable(lm, resume_dir)
+    lm.train()
+    return lm, tokenizer, info
+
+
+def _add_lora(cfg: TrainConfig, lm: Any) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
+    present = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules()}
+    absent = [t for t in targets if t not in present]
+    if not targets or absent:
+        raise PosinterpError(f"--lora-targets {cfg.lora_targets!r}: {', '.join(absent) or 'empty'} not in the model; "
+                             f"attention projections here are named e.g. "
+                             f"{', '.join(sorted(n for n in present if 'proj' in n or 'query' in n)[:6])}")
+    peft_model = get_peft_model(lm, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                               target_modules=targets, bias="none"))
+    extra = [k.strip() for k in cfg.lora_trainable.split(",") if k.strip()]
+    for name, param in peft_model.named_parameters():
+        if "lora_" not in name and any(k in name for k in extra):
+            param.requires_grad_(True)
+    return peft_model
+
+
+def _hf_model(lm: Any) -> Any:
+    """The transformers model inside (PEFT injects its layers in place, so this runs the adapters too)."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+def _loss_module(lm: Any, chunk: int) -> Any:
+    """Wrap the model so its forward returns the chunked loss (DDP/FSDP then see one module)."""
+    import torch
+
+    class CausalLMLoss(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = lm
+            hf = _hf_model(lm)
+            # FSDP2 auto-wrap reads the layer classes to shard from here
+            self._no_split_modules = getattr(hf, "_no_split_modules", None)
+            head = hf.get_output_embeddings()
+            config = hf.config
+            self.plain = (head is None or getattr(head, "bias", None) is not None
+                          or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            from posinterp import loss
+
+            hf = _hf_model(self.lm)
+            if self.plain:  # output bias, softcapping or logit scaling: use the model's own loss
+                return hf(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+            decoder = getattr(hf, hf.base_model_prefix)
+            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+            return loss.causal_lm_loss(hidden, hf.get_output_embeddings().weight, input_ids, chunk=chunk)
+
+    return CausalLMLoss()
+
+
+# -- run bookkeeping -------------------------------------------------------------------------------
+def _distributed_note(accelerator: Any) -> tuple[str, str | None]:
+    """(what runs, a note when accelerate silently ran something other than what was asked)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    what = f"{kind.value if hasattr(kind, 'value') else kind} × {accelerator.num_processes} ({accelerator.device})"
+    asked = None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and kind != DistributedType.FSDP:
+        asked = "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and kind != DistributedType.DEEPSPEED:
+        asked = "DeepSpeed"
+    if asked is None:
+        return what, None
+    actual = "DDP (gloo)" if accelerator.num_processes > 1 else "a single process"
+    return what, (f"{asked} was requested but accelerate runs {actual} on {accelerator.device.type}: "
+                  f"every process holds the full model, optimizer and gradients")
+
+
+def _peak_memory_gb(device: Any) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+class _Metrics:
+    """metrics.jsonl (truncated to the resumed step) and TensorBoard, on the main process."""
+
+    def __init__(self, folder: Path, start: int, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.path = Path(folder) / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        if self.path.is_file():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= start]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(Path(folder) / "tensorboard"), purge_step=start + 1)
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                log.warning("warning: tensorboard is not installed; metrics go to %s only", self.path)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_gb"):
+                value = row.get(key)
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self.writer.add_scalar(f"train/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _Interrupt:
+    """Ctrl-C / SIGTERM: remember it; the loop saves at the end of the step and exits. A second one aborts."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.previous: dict = {}
+
+    def __enter__(self) -> _Interrupt:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.hit = True
+        log.warning("\ninterrupt: saving a checkpoint at the end of this step (interrupt again to abort)")
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_resume(saved: dict, settings: dict, folder: Path) -> None:
+    for key in IDENTITY:
+        if key in saved and saved[key] != settings.get(key):
+            flag = "--batch-size/--grad-accum/processes" if key == "global_batch" else f"--{key.replace('_', '-')}"
+            raise PosinterpError(f"{flag} is {settings.get(key)!r} but checkpoint {folder} was trained with "
+                                 f"{saved[key]!r}; resume with the same value, or start over with --force")
+
+
+def _clear_run(folder: Path) -> None:
+    import shutil
+
+    from posinterp.checkpoint import _NAME
+
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if _NAME.match(path.name) or path.name.startswith(".step-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name == "tensorboard":
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name == "metrics.jsonl":
+            path.unlink()
+
+
+# -- the verb --------------------------------------------------------------------------------------
+def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
+    """Fine-tune and write the final checkpoint to `cfg.out`; returns its path.
+
+    `train(TrainConfig(...))` or `train("runs/smollm2-16k", out="runs/ft", seq_len=4096, steps=30)`.
+    """
+    cfg = as_config(TrainConfig, cfg, kwargs)
+    import numpy as np
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    from posinterp import checkpoint, models
+    from posinterp.atomic import check_out
+    from posinterp.corpus import describe
+    from posinterp.data import PackedSequences, shard
+    from posinterp.export import read_provenance, save_checkpoint
+    from posinterp.rope import configure, parse_rope, rope_parameters, window
+    from posinterp.versions import versions
+
+    # ---- everything that can be refused is refused before any weights load ----
+    check_out(cfg.out, cfg.force)
+    source = models.resolve(cfg.model)
+    config = models.load_config(source)
+    models.check_rope(config)
+    if cfg.rope:
+        configure(config, parse_rope(cfg.rope), models.original_window(config, cfg.original_length))
+    model_window = window(config)
+    seq_len = int(cfg.seq_len or model_window)
+    if seq_len > model_window:
+        raise PosinterpError(f"--seq-len {seq_len} exceeds the model's window {model_window}; extend it first "
+                             f"(posinterp extend --target-length {seq_len}) or pass --rope pi:S, or lower --seq-len")
+    resume_dir = checkpoint.latest(cfg.checkpoint_dir) if cfg.resume else None
+    if not cfg.resume and checkpoint.scan(cfg.checkpoint_dir)[0]:
+        if not cfg.force:
+            raise PosinterpError(f"--checkpoint-dir {cfg.checkpoint_dir} already holds checkpoints of a run; "
+                                 "pass --resume to continue it or --force to start over")
+
+    cpu = not torch.cuda.is_available()
+    if not torch.distributed.is_initialized():
+        # a second train() in the same process (a recipe, tests) may change the precision
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
+    main = accelerator.is_main_process
+    if not main:
+        log.setLevel(logging.WARNING)
+    if cfg.force and not cfg.resume and main:
+        _clear_run(cfg.checkpoint_dir)
+    accelerator.wait_for_everyone()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    distributed, fallback = _distributed_note(accelerator)
+    if fallback and main:
+        log.warning("warning: %s", fallback)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # DeepSpeed's engine takes the optimizer step inside backward(), before a non-finite loss or
+        # gradient could be caught, and keeps its own partitioned optimizer state
+        raise PosinterpError("DeepSpeed is not supported by posinterp train (its engine steps inside backward, "
+                             "before the non-finite check); launch with recipes/accelerate/fsdp.yaml or ddp.yaml")
+    if cfg.lora and accelerator.distributed_type == DistributedType.FSDP:
+        raise PosinterpError("--lora runs with DDP or a single process; use recipes/accelerate/ddp.yaml "
+                             f"(got {accelerator.distributed_type})")
+    if resume_dir is None and cfg.resume:
+        log.info("--resume: no complete checkpoint in %s; starting at step 0", cfg.checkpoint_dir)
+
+    # ---- model, optimizer, schedule ----
+    torch.manual_seed(cfg.seed)  # LoRA init; identical on every process
+    attn = resolve_attn(cfg.attn, accelerator.device)
+    lm, tokenizer, rope_info = build_model(cfg, source, resume_dir, attn)
+    hf = _hf_model(lm)
+    if rope_info and rope_info.get("composed_with"):
+        log.info("note: the model already uses linear scaling ×%g; --rope %s multiplies it to ×%g",
+                 rope_info["composed_with"], cfg.rope, rope_info["total_factor"])
+    ckpt_on, ckpt_why = resolve_checkpointing(cfg.checkpointing, hf.config, cfg.batch_size * seq_len,
+                                              accelerator.device)
+    if ckpt_on:
+        hf.activation_checkpointing_enable()
+    module = _loss_module(lm, cfg.loss_chunk)
+    params = [p for p in module.parameters() if p.requires_grad]
+    # fused AdamW: one kernel for all parameters (CPU and CUDA); sharded (DTensor) params keep the default
+    fused = accelerator.device.type in ("cpu", "cuda") and accelerator.distributed_type != DistributedType.FSDP
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                                  **({"fused": True} if fused else {}))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, Schedule(cfg.warmup, cfg.warmup_from, cfg.schedule, cfg.steps, cfg.min_lr_ratio))
+    module, optimizer = accelerator.prepare(module, optimizer)
+    params = [p for p in module.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
+
+    settings = {**to_dict(cfg), "seq_len": seq_len, "global_batch": global_batch, "processes": world,
+                "tokens_per_step": global_batch * seq_len, "distributed": distributed, "distributed_note": fallback,
+                "activation_checkpointing": ckpt_on, "activation_checkpointing_why": ckpt_why, "attn": attn,
+                "model_window": model_window, "rope_parameters": rope_parameters(hf.config),
+                "trainable_parameters": sum(p.numel() for p in params),
+                "data_description": describe(cfg.data, cfg.split), "versions": versions()}
+    settings["checkpoint_dir"] = str(cfg.checkpoint_dir)
+    start, tokens_done, data_state, resumed_from = 0, 0, None, None
+    if resume_dir is not None:
+        _check_resume(checkpoint.read_settings(resume_dir), settings, resume_dir)
+        state = checkpoint.restore(resume_dir, accelerator=accelerator, model=module, optimizer=optimizer,
+                                   scheduler=scheduler)
+        start, tokens_done, data_state = int(state["step"]), int(state["tokens"]), state["data"]
+        resumed_from = str(resume_dir)
+        log.info("resuming from %s (step %d)", resume_dir, start)
+    stream = PackedSequences.from_corpus(cfg.data, tokenizer, seq_len, split=cfg.split, text_field=cfg.text_field,
+                                         seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, state=data_state)
+
+    parent = read_provenance(source.folder)
+    provenance = _provenance(cfg, source, parent, rope_info, hf.config)
+    log.info("training %s: %s, %d steps × %d sequences × %d tokens (global batch %d = %d × %d × %d processes), "
+             "lr %g %s, precision %s, activation checkpointing %s (%s), attention %s, %d trainable parameters",
+             cfg.model, distributed, cfg.steps, global_batch, seq_len, global_batch, cfg.batch_size, cfg.grad_accum,
+             world, cfg.lr, cfg.schedule, cfg.precision, "on" if ckpt_on else "off", ckpt_why, attn,
+             settings["trainable_parameters"])
+
+    metrics = _Metrics(cfg.checkpoint_dir, start, main, cfg.tensorboard)
+    if main:
+        cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(step: int, loss_value: float | None) -> Path:
+        state = {"step": step, "tokens": tokens_done, "data": stream.state(), "loss": loss_value,
+                 "processes": world, "resumed_from": resumed_from}
+        unwrapped = accelerator.unwrap_model(module).lm
+        return checkpoint.save(cfg.checkpoint_dir, step, accelerator=accelerator, model=module, lm=unwrapped,
+                               tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, state=state,
+                               settings=settings, provenance={**provenance, "checkpoint_step": step}, lora=cfg.lora,
+                               keep=cfg.keep)
+
+    from tqdm import tqdm
+
+    last_saved = start if resume_dir is not None else None
+    losses: list[float] = []
+    t_run = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=start, disable=not main, unit="step", dynamic_ncols=True,
+               desc=f"train {seq_len} tok")
+    interrupted_at = None
+    try:
+        with _Interrupt() as interrupt:
+            for step in range(start + 1, cfg.steps + 1):
+                t0 = time.perf_counter()
+                mine = shard(stream.take(global_batch), rank, world)  # this process's sequences
+                batch = torch.from_numpy(np.stack(mine).astype(np.int64)).to(accelerator.device)
+                total = torch.zeros((), device=accelerator.device)
+                for micro in range(cfg.grad_accum):
+                    ids = batch[micro * cfg.batch_size:(micro + 1) * cfg.batch_size]  # (B, T)
+                    sync = micro == cfg.grad_accum - 1
+                    ctx = accelerator.no_sync(module) if not sync else _nullcontext()
+                    with ctx:
+                        loss = module(ids) / cfg.grad_accum
+                        accelerator.backward(loss)
+                    total += loss.detach().float()
+                loss_value = float(accelerator.reduce(total, reduction="mean"))
+                norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                grad_norm = float(norm) if norm is not None else float("nan")
+                lr = scheduler.get_last_lr()[0]
+                if not math.isfinite(loss_value) or (norm is not None and not math.isfinite(grad_norm)):
+                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                    value = loss_value if what == "loss" else grad_norm
+                    metrics.write({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": lr,
+                                   "error": f"non-finite {what}"})
+                    good = checkpoint.latest(cfg.checkpoint_dir)
+                    raise PosinterpError(
+                        f"non-finite {what} ({value}) at step {step}: stopped before the optimizer step, no weights "
+                        f"were changed; last good checkpoint: {good or 'none'}; lower --lr (now {cfg.lr:g}) or check "
+                        f"the data, then continue with --resume")
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                tokens_done += global_batch * seq_len
+                losses.append(loss_value)
+                dt = time.perf_counter() - t0
+                row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                       "tokens": tokens_done, "tokens_per_s": global_batch * seq_len / dt, "step_s": dt,
+                       "elapsed_s": time.perf_counter() - t_run, "epoch": stream.epoch,
+                       "peak_mem_gb": _peak_memory_gb(accelerator.device)}
+                metrics.write(row)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.update(1)
+                stop = torch.tensor(float(interrupt.hit), device=accelerator.device)
+                stop = float(accelerator.reduce(stop, reduction="sum")) > 0  # every process stops at the same step
+                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
+                    path = save(step, loss_value)
+                    last_saved = step
+                    if main:
+                        bar.write(f"saved {path}")
+                if stop:
+                    interrupted_at = step
+                    break
+    finally:
+        bar.close()
+        metrics.close()
+    if interrupted_at is not None:
+        log.warning("interrupted after step %d; checkpoint saved in %s; continue with --resume",
+                    interrupted_at, cfg.checkpoint_dir)
+        raise KeyboardInterrupt
+    if last_saved != cfg.steps and start < cfg.steps:  # pragma: no cover - the loop saves its last step
+        save(cfg.steps, losses[-1] if losses else None)
+
+    # ---- the final checkpoint, as `extend` writes it ----
+    wall = time.perf_counter() - t_run
+    summary = {"steps": cfg.steps, "steps_this_run": cfg.steps - start, "resumed_from": resumed_from,
+               "seq_len": seq_len, "global_batch": global_batch, "tokens": tokens_done,
+               "data": describe(cfg.data, cfg.split), "seed": cfg.seed, "lr": cfg.lr, "schedule": cfg.schedule,
+               "warmup": cfg.warmup, "precision": cfg.precision, "processes": world, "distributed": distributed,
+               "distributed_note": fallback, "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
+                                                      "targets": cfg.lora_targets,
+                                                      "trainable": cfg.lora_trainable} if cfg.lora else None,
+               "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+               "wall_s_this_run": round(wall, 1), "checkpoint_dir": str(cfg.checkpoint_dir)}
+    full = None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        full = {k.removeprefix("lm."): v for k, v in accelerator.get_state_dict(module).items()}
+    if main:
+        final = accelerator.unwrap_model(module).lm
+        if cfg.lora:
+            final = final.merge_and_unload()
+        if full is not None:
+            final = checkpoint._WithStateDict(final, full)
+        save_checkpoint(final, tokenizer, cfg.out, {**provenance, "training": summary}, force=cfg.force,
+                        extra_files={"settings.json": settings})
+        log.info("wrote %s: %d steps, loss %s → %s", cfg.out, cfg.steps,
+                 f"{losses[0]:.4f}" if losses else "-", f"{losses[-1]:.4f}" if losses else "-")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return cfg.out
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _provenance(cfg: TrainConfig, source: Any, parent: dict | None, rope_info: dict | None, config: Any) -> dict:
+    """posinterp.json of the result: the rope facts of the parent (or of --rope) plus the source."""
+    from posinterp.rope import rope_parameters, window
+
+    keys = ("original_length", "target_length", "factor", "method", "composed_with")
+    out = {k: parent[k] for k in keys if parent and k in parent}
+    if rope_info:
+        out.update({"original_length": rope_info.get("original_length"), "target_length": rope_info.get("target_length"),
+                    "factor": rope_info.get("factor"), "method": rope_info.get("method"),
+                    "composed_with": rope_info.get("composed_with")})
+    out.update({"source": str(cfg.model), "source_files": str(source.folder), "rope": cfg.rope,
+                "rope_parameters": rope_parameters(config), "target_length": window(config),
+                "verb": "train", "parent": parent})
+    return out

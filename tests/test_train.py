@@ -1,0 +1,331 @@
+"""The train verb on tiny models: recipe defaults, final checkpoint, resume, distributed, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from posinterp.errors import PosinterpError
+from posinterp.train import Schedule, TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(data="pydoc", seq_len=64, tensorboard=False)
+
+
+def _args(model, out, **kw) -> list[str]:
+    flags = {**TINY, **kw}
+    argv = ["train", str(model), "--out", str(out)]
+    for k, v in flags.items():
+        argv += [f"--{k.replace('_', '-')}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return argv
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# a driver that can SIGKILL itself at a chosen point inside checkpoint.save
+DRIVER = r"""
+import os, signal, sys
+from posinterp import checkpoint
+where, step = sys.argv[1], int(sys.argv[2])
+def kill_at(name, original):
+    def wrapper(*a, **k):
+        folder = a[1] if name == "replace_dir" else a[0]
+        if folder.name == f"step-{step:08d}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(*a, **k)
+    return wrapper
+if where == "before_rename":
+    checkpoint.replace_dir = kill_at("replace_dir", checkpoint.replace_dir)
+elif where == "before_marker":
+    checkpoint._mark_complete = kill_at("_mark_complete", checkpoint._mark_complete)
+from posinterp.__main__ import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _run(argv, where="none", step=0, timeout=300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", DRIVER, where, str(step), *argv]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _bit_equal(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _losses(folder: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- recipe ----------------------------------------------------------------------------------------
+def test_defaults_are_the_paper_recipe(tmp_path):
+    cfg = TrainConfig("m", out=tmp_path / "o")
+    assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.warmup, cfg.warmup_from, cfg.grad_clip,
+            cfg.schedule, cfg.precision, cfg.data, cfg.split) == (2e-5, 0.9, 0.95, 0.0, 20, 0.1, 1.0, "constant",
+                                                                   "bf16", "gutenberg", "train")
+    assert cfg.checkpoint_dir == tmp_path / "o-checkpoints"
+
+
+def test_schedule_warms_up_from_ten_percent_then_constant_or_cosine():
+    s = Schedule(20, 0.1)
+    assert s(0) == pytest.approx(0.1) and s(10) == pytest.approx(0.55) and s(19) == pytest.approx(0.955)
+    assert s(20) == 1.0 and s(999) == 1.0
+    c = Schedule(20, 0.1, "cosine", total=120, floor=0.1)
+    assert c(20) == pytest.approx(1.0) and c(70) == pytest.approx(0.55) and c(120) == pytest.approx(0.1)
+    assert Schedule(0, 0.1)(0) == 1.0
+
+
+@pytest.mark.parametrize("kw, flag", [({"steps": 0}, "--steps"), ({"lr": -1.0}, "--lr"),
+                                      ({"warmup_from": 2.0}, "--warmup-from"), ({"beta2": 1.0}, "--beta2"),
+                                      ({"rope": "pi:0.5"}, "--rope"), ({"grad_accum": 0}, "--grad-accum")])
+def test_bad_settings_are_refused_naming_the_flag(tmp_path, kw, flag):
+    with pytest.raises(PosinterpError, match=flag):
+        TrainConfig("m", out=tmp_path / "o", **kw)
+
+
+def test_seq_len_beyond_the_window_is_refused_before_loading(tiny_dir, tmp_path):
+    with pytest.raises(PosinterpError, match="exceeds the model's window 256"):
+        train(str(tiny_dir()), out=tmp_path / "o", seq_len=512, **{k: v for k, v in TINY.items() if k != "seq_len"})
+
+
+# -- the run and its output -------------------------------------------------------------------------
+def test_final_checkpoint_is_a_standard_extended_checkpoint(tiny_dir, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = train(str(tiny_dir()), out=tmp_path / "ft", rope="pi:2", steps=3, save_every=2, lr=1e-3, **TINY)
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_parameters"] == {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    assert config["rope_scaling"]["type"] == "linear" and config["rope_scaling"]["factor"] == 2.0
+    assert config["max_position_embeddings"] == 512
+    model = AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no posinterp
+    assert AutoConfig.from_pretrained(out).rope_parameters["factor"] == 2.0
+    ids = torch.randint(0, 1000, (1, 16))
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    prov = json.loads((out / "posinterp.json").read_text())
+    assert prov["factor"] == 2.0 and prov["original_length"] == 256 and prov["target_length"] == 512
+    assert prov["training"]["steps"] == 3 and prov["training"]["tokens"] == 3 * 64
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["seq_len"] == 64 and settings["global_batch"] == 1
+    ckpts = tmp_path / "ft-checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-00000002", "step-00000003"]
+    assert (ckpts / "step-00000002" / "settings.json").is_file()
+    rows = [json.loads(line) for line in (ckpts / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_gb"} <= rows[0].keys()
+    assert rows[0]["lr"] == pytest.approx(1e-4)  # warmup starts at 10% of the peak
+    _bit_equal(out, ckpts / "step-00000003")  # the final output is the last checkpoint's weights
+    # the run's checkpoints are not silently mixed with a new run
+    with pytest.raises(PosinterpError, match="--resume"):
+        train(str(tiny_dir("llama", name="other")), out=tmp_path / "ft2", checkpoint_dir=ckpts, steps=1, **TINY)
+
+
+def test_tensorboard_logs_are_written(tiny_dir, tmp_path):
+    train(str(tiny_dir()), out=tmp_path / "ft", steps=2, **{**TINY, "tensorboard": True})
+    assert list((tmp_path / "ft-checkpoints" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_in_process_continues_identically(tiny_dir, tmp_path):
+    model = str(tiny_dir())
+    common = dict(lr=1e-3, warmup=2, **TINY)
+    ref = train(model, out=tmp_path / "ref", steps=4, **common)
+    train(model, out=tmp_path / "part", steps=2, **common)
+    out = train(model, out=tmp_path / "part", steps=4, resume=True, force=True, **common)
+    _bit_equal(ref, out)
+    assert _losses(tmp_path / "ref-checkpoints") == _losses(tmp_path / "part-checkpoints")
+    with pytest.raises(PosinterpError, match="--seq-len is 32"):
+        train(model, out=tmp_path / "part", steps=6, resume=True, force=True, **{**common, "seq_len": 32})
+
+
+def test_lora_trains_and_merges(tiny_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    src = tiny_dir()
+    out = train(str(src), out=tmp_path / "lora", rope="pi:2", steps=3, lr=1e-2, warmup=0, lora=True,
+                lora_rank=4, checkpointing="on", **TINY)
+    merged, base = load_file(str(out / "model.safetensors")), load_file(str(src / "model.safetensors"))
+    assert not any("lora" in k for k in merged) and merged.keys() == base.keys()
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    assert any("q_proj" in k for k in changed) and any("norm" in k for k in changed)
+    assert any("embed_tokens" in k for k in changed)  # LongLoRA: embeddings train too
+    assert not any("mlp" in k for k in changed)  # everything else frozen
+    AutoModelForCausalLM.from_pretrained(out)
+    ck = tmp_path / "lora-checkpoints" / "step-00000003"
+    assert (ck / "trainable.safetensors").is_file()
+    assert json.loads((out / "posinterp.json").read_text())["training"]["lora"]["rank"] == 4
+
+
+def test_lora_resume_is_bit_equal(tiny_dir, tmp_path):
+    model = str(tiny_dir())
+    common = dict(lr=1e-2, warmup=0, lora=True, lora_rank=4, **TINY)
+    ref = train(model, out=tmp_path / "ref", steps=4, **common)
+    train(model, out=tmp_path / "part", steps=2, **common)
+    _bit_equal(ref, train(model, out=tmp_path / "part", steps=4, resume=True, force=True, **common))
+
+
+# -- failures --------------------------------------------------------------------------------------
+def test_non_finite_loss_stops_before_the_step_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    from posinterp import loss as loss_mod
+
+    real, calls = loss_mod.causal_lm_loss, {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        value = real(*a, **k)
+        return value * float("inf") if calls["n"] == 3 else value
+
+    monkeypatch.setattr(loss_mod, "causal_lm_loss", poisoned)
+    with pytest.raises(PosinterpError, match=r"non-finite loss \(inf\) at step 3.*step-00000002"):
+        train(str(tiny_dir()), out=tmp_path / "ft", steps=5, save_every=2, **TINY)
+    ckpts = tmp_path / "ft-checkpoints"
+    assert [p.name for p in sorted(ckpts.glob("step-*"))] == ["step-00000002"]
+    assert not (tmp_path / "ft").exists()
+    assert json.loads((ckpts / "metrics.jsonl").read_text().splitlines()[-1])["error"] == "non-finite loss"
+
+
+def test_non_finite_gradient_stops_naming_the_step(tiny_dir, tmp_path, monkeypatch):
+    import posinterp.train as train_mod
+
+    real_build, calls = train_mod.build_model, {"n": 0}
+
+    def build(*a, **k):
+        lm, tok, info = real_build(*a, **k)
+
+        def hook(grad):
+            calls["n"] += 1
+            return grad * float("nan") if calls["n"] == 2 else grad
+
+        lm.model.layers[0].mlp.down_proj.weight.register_hook(hook)
+        return lm, tok, info
+
+    monkeypatch.setattr(train_mod, "build_model", build)
+    with pytest.raises(PosinterpError, match="non-finite gradient norm .* at step 2"):
+        train(str(tiny_dir()), out=tmp_path / "ft", steps=4, **TINY)
+
+
+# -- subprocesses: kill, Ctrl-C, two processes -------------------------------------------------------
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_gives_bit_equal_weights(tiny_dir, tmp_path):
+    model = tiny_dir()
+    flags = dict(steps=8, save_every=2, keep=3, lr=1e-3, warmup=2)
+    ref = _run(_args(model, tmp_path / "ref", **flags))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    cases = [("before_rename", 4), ("before_marker", 4), ("anytime", 0)]
+    for where, step in cases:
+        out = tmp_path / f"run-{where}"
+        if where == "anytime":  # SIGKILL at an arbitrary moment: once step 5 is logged, mid-step 6
+            proc = subprocess.Popen([sys.executable, "-m", "posinterp", *_args(model, out, **flags)], env=_env(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            metrics = Path(f"{out}-checkpoints") / "metrics.jsonl"
+            deadline = time.time() + 240
+            while time.time() < deadline and proc.poll() is None:
+                if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+                    break
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait() == -signal.SIGKILL
+        else:
+            killed = _run(_args(model, out, **flags), where=where, step=step)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+            assert not out.exists()
+        resumed = _run(_args(model, out, resume=True, **flags))
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        if where == "before_marker":
+            assert "skipping incomplete checkpoint" in resumed.stderr
+        _bit_equal(tmp_path / "ref", out)
+        assert _losses(Path(f"{out}-checkpoints")) == _losses(tmp_path / "ref-checkpoints")
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_then_resume_is_bit_equal(tiny_dir, tmp_path):
+    model = tiny_dir()
+    flags = dict(steps=40, save_every=0, lr=1e-3, warmup=2)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "posinterp", *_args(model, out, **flags)], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = Path(f"{out}-checkpoints") / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "continue with --resume" in err
+    from posinterp import checkpoint
+
+    saved = checkpoint.latest(Path(f"{out}-checkpoints"))
+    assert saved is not None and 3 <= checkpoint.read_state(saved)["step"] < 40
+    assert _run(_args(model, out, resume=True, **flags)).returncode == 0
+    ref = _run(_args(model, tmp_path / "ref", **flags))
+    assert ref.returncode == 0
+    _bit_equal(tmp_path / "ref", out)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_at_the_same_global_batch(tiny_dir, tmp_path):
+    model = tiny_dir()
+    flags = dict(steps=4, lr=1e-3, warmup=0, precision="fp32")
+    one = _run(_args(model, tmp_path / "one", grad_accum=2, **flags))
+    assert one.returncode == 0, one.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "posinterp", *_args(model, tmp_path / "two", grad_accum=1, **flags)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a timeout kills the workers too
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, err[-3000:]
+    settings = json.loads((tmp_path / "two" / "settings.json").read_text())
+    assert settings["processes"] == 2 and settings["global_batch"] == 2 and "MULTI_CPU" in settings["distributed"]
+    a, b = _losses(tmp_path / "one-checkpoints"), _losses(tmp_path / "two-checkpoints")
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-6)
+    wa, wb = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fsdp_request_on_cpu_is_reported_not_hidden(tiny_dir, tmp_path):
+    """accelerate turns an FSDP request on CPU into DDP; the log and settings.json say so."""
+    model = tiny_dir()
+    run = subprocess.run(
+        [sys.executable, "-m", "posinterp", *_args(model, tmp_path / "ft", steps=1)],
+        env=_env(ACCELERATE_USE_FSDP="true"), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "FSDP was requested but accelerate runs a single process on cpu" in run.stderr
+    note = json.loads((tmp_path / "ft" / "settings.json").read_text())["distributed_note"]
+    assert note.startswith("FSDP was requested")
+
+
+def test_activation_checkpointing_auto_rule(monkeypatch):
+    import posinterp.train as train_mod
+
+    class Cfg:
+        hidden_size, num_hidden_layers = 576, 30
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_mod, "_free_bytes", lambda device: 20 * 2**30)
+    assert train_mod.resolve_checkpointing("auto", Cfg, 4096, cpu)[0] is False  # ≈7.2 GiB ≤ 10
+    assert train_mod.resolve_checkpointing("auto", Cfg, 16384, cpu)[0] is True  # ≈29 GiB > 10
+    assert train_mod.resolve_checkpointing("off", Cfg, 16384, cpu) == (False, "--checkpointing off")

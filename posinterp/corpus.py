@@ -107,7 +107,7 @@ def pydoc(split: str = "test") -> Iterator[Document]:
 BUILTIN = {"gutenberg": gutenberg, "pydoc": pydoc}
 
 
-def _records(path: Path, text_field: str) -> Iterator[tuple[str, dict]]:
+def records(path: Path, text_field: str) -> Iterator[tuple[str, dict]]:
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         with open(path) as fh:
@@ -139,7 +139,7 @@ def _field(row: dict, field: str, where: str) -> str:
     return str(row[field])
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: Path) -> bool:
     return path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()
                               or (path / "dataset_dict.json").is_file())
 
@@ -158,7 +158,7 @@ def _saved_dataset(path: Path, split: str, text_field: str) -> Iterator[Document
         yield Document(f"{path.name}:{i}", str(row[text_field]))
 
 
-def _expand(spec: str) -> list[Path]:
+def expand(spec: str) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in
@@ -179,10 +179,10 @@ def iter_documents(spec: str, *, split: str = "test", text_field: str = "text") 
             yield from BUILTIN[part](split)
             continue
         path = Path(part).expanduser()
-        if _is_saved_dataset(path):
+        if is_saved_dataset(path):
             yield from _saved_dataset(path, split, text_field)
             continue
-        files = _expand(part)
+        files = expand(part)
         if not files:
             raise PosinterpError(f"--data {part!r} matches no file; give text files, a glob, .jsonl/.parquet, "
                                  f"a datasets folder, or a built-in corpus ({', '.join(BUILTIN)})")
@@ -190,7 +190,7 @@ def iter_documents(spec: str, *, split: str = "test", text_field: str = "text") 
             if f.suffix.lower() in (".txt", ".md"):
                 yield Document(str(f), f.read_text(encoding="utf-8", errors="replace"))
             else:
-                for where, row in _records(f, text_field):
+                for where, row in records(f, text_field):
                     yield Document(where, _field(row, text_field, where))
 
 

@@ -73,6 +73,12 @@ def perplexity_by_window(results: list[dict], path: Path | str) -> None:
     ticks = sorted({w["window"] for r in results for w in r["windows"]})
     ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
     ax.minorticks_off()
+    # a log axis inside one decade has no major tick: label 1-2-3-4-5-6-8 steps in plain numbers
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.tick_params(axis="y", labelsize=7)
     ax.set_xlabel("evaluation window (tokens)")
     ax.set_ylabel("perplexity")
     corpora = sorted({r.get("corpus", "") for r in results})

@@ -96,7 +96,8 @@ def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float]) -> di
     if curves:
         _plot_loss(curves, run_dir / LOSS_FIGURE)
         images.append(("Fine-tuning loss", LOSS_FIGURE))
-    first_ppl = next((r["ppl"] for r in results.values() if r["ppl"]), None)
+    # the protocol line describes the run with the most windows (the original row stops at L)
+    first_ppl = max((r["ppl"] for r in results.values() if r["ppl"]), key=lambda r: len(r["windows"]), default=None)
     first_pk = next((r["passkey"] for r in results.values() if r["passkey"]), None)
     lines = [f"# {recipe.name}: {recipe.model}, PI ×{recipe.extend.get('factor', '?')}", ""]
     if recipe.notes:
@@ -104,12 +105,16 @@ def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float]) -> di
     lines += ["## Before and after", "", table(results, windows), ""]
     if first_ppl:
         cfgp = first_ppl["config"]
-        lines.append(f"Perplexity: {first_ppl['corpus']}, {len(first_ppl['documents'])} documents"
+        n_docs = len(first_ppl["documents"])
+        lines.append(f"Perplexity: {first_ppl['corpus']}, {n_docs} document{'s' if n_docs != 1 else ''}"
                      + (f" truncated to {cfgp['max_tokens']} tokens" if cfgp.get("max_tokens") else "")
-                     + f", sliding window with stride {cfgp['stride']}, {cfgp['dtype']} (fp32 head).")
+                     + ", sliding window with stride "
+                     + ", ".join(f"{w['stride']} at {w['window']}" for w in first_ppl["windows"])
+                     + f", {cfgp['dtype']} (fp32 head).")
     if first_pk:
         cfgk = first_pk["config"]
-        lines.append(f"Passkey: {cfgk['trials']} trials per length, seed {cfgk['seed']}, k_max by the paper's "
+        trials = int(cfgk["trials"])
+        lines.append(f"Passkey: {trials} trial{'s' if trials != 1 else ''} per length, seed {cfgk['seed']}, k_max by the paper's "
                      "20% rule. Rows evaluated beyond their configured window say so in their results.json.")
     settings = _read(run_dir / "pi-ft" / "settings.json") or {}
     if recipe.train:

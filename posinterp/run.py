@@ -67,7 +67,7 @@ def original_length(recipe: Recipe) -> int:
 def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
     """The stages, in order, with the callables that produce each output."""
     from posinterp.evals.passkey import PasskeyConfig, passkey
-    from posinterp.evals.perplexity import PerplexityConfig, perplexity
+    from posinterp.evals.perplexity import PerplexityConfig, perplexity, strides_for
     from posinterp.extend import ExtendConfig, extend
     from posinterp.train import TrainConfig, train
 
@@ -90,6 +90,8 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
                             f"fine-tune without PI, same steps and data: {_train_summary(recipe.train)}"))
     windows = [int(w) for w in recipe.eval.windows]
     lengths = recipe.eval.passkey_lengths or windows
+    ppl_settings = dict(recipe.eval.ppl)
+    stride_of = strides_for(windows, ppl_settings.get("stride", PerplexityConfig.__dataclass_fields__["stride"].default))
     for row in rows:
         model, rope, beyond = _row_model(recipe, row, run_dir)
         row_windows = [w for w in windows if row != "original" or w <= L]
@@ -101,7 +103,8 @@ def plan(recipe: Recipe, run_dir: Path) -> list[Stage]:
         if row_windows:
             stages.append(Stage(f"ppl {row}", out / "ppl", _bind(
                 perplexity, PerplexityConfig, model=model, out=out / "ppl",
-                windows=",".join(map(str, row_windows)), **common, **recipe.eval.ppl),
+                windows=",".join(map(str, row_windows)), **common,
+                **{**ppl_settings, "stride": ",".join(str(stride_of[w]) for w in sorted(row_windows))}),
                 f"perplexity of {ROW_TITLES[row]} at {row_windows}"))
         if row_lengths and recipe.eval.passkey is not None:
             stages.append(Stage(f"passkey {row}", out / "passkey", _bind(
@@ -151,7 +154,7 @@ def dry_run(recipe: Recipe, data: dict, stages: list[Stage], run_dir: Path) -> d
                    checkpointing=str(get("checkpointing", "auto")) != "off", lora=bool(get("lora", False)),
                    loss_chunk=int(get("loss_chunk", 2048)),
                    peak_tflops=float(dist.get("peak_tflops", 989.0)), mfu=float(dist.get("mfu", 0.4)))
-    spec = str(get("data", "gutenberg"))
+    spec = str(tr.get("data") or "gutenberg")
     try:
         docs = corpus.load_documents(spec, split=str(get("split", "train")), limit=None)
         data_line = f"{corpus.describe(spec, str(get('split', 'train')))}: {len(docs)} documents, " \

@@ -174,10 +174,10 @@ def _split_files(files: list[Path], split: str) -> list[Path]:
 
 
 def _rows(spec: str, split: str) -> Iterator[tuple[str, dict]]:
-    from posinterp.corpus import _expand, _is_saved_dataset, _records
+    from posinterp.corpus import expand, is_saved_dataset, records
 
     path = Path(spec).expanduser()
-    if _is_saved_dataset(path):
+    if is_saved_dataset(path):
         from datasets import DatasetDict, load_from_disk
 
         ds = load_from_disk(str(path))
@@ -188,7 +188,7 @@ def _rows(spec: str, split: str) -> Iterator[tuple[str, dict]]:
         for i, row in enumerate(ds):
             yield f"{path.name}:{i}", row
         return
-    files = [f for f in _expand(spec) if f.suffix.lower() in (".jsonl", ".json", ".parquet")]
+    files = [f for f in expand(spec) if f.suffix.lower() in (".jsonl", ".json", ".parquet")]
     if not files:
         raise PosinterpError(f"--data {spec!r} matches no .jsonl/.json/.parquet file or datasets folder; "
                              f"give one, or the built-in smoke set --data {BUILTIN_NAME}")
@@ -197,7 +197,7 @@ def _rows(spec: str, split: str) -> Iterator[tuple[str, dict]]:
         if not files:
             raise PosinterpError(f"--data {spec}: no file for split '{split}' (files are named by split); set --split")
     for f in files:
-        yield from _records(f, "")
+        yield from records(f, "")
 
 
 def _text(row: dict, field: str, flag: str, where: str) -> str:
@@ -351,3 +351,71 @@ def iter_examples(tokenizer: Any, pairs: Iterable[Pair], *, budget: Budget, epoc
                    "name": pair.name, "epoch": epoch, "position": position,
                    "targets": sum(1 for x in labels if x != IGNORE_INDEX)}
             position += 1
+
+
+class SummaryExamples:
+    """The training stream of `train --task summarize`: endless, deterministic, resumable.
+
+    Example k of the stream is pair `order(epoch)[i]` with (epoch, i) = divmod(k, len(pairs)) and
+    order(epoch) the shuffle of `random.Random(seed + epoch)`, the same sequence as
+    `iter_examples`. `take(n)` hands out the next n examples as (input_ids, labels) lists; the
+    position (`state()`) is the number handed out, so a resumed run continues the same sequence.
+    """
+
+    def __init__(self, tokenizer: Any, pairs: Iterable[Pair], budget: Budget, *, seed: int = 0,
+                 state: dict | None = None) -> None:
+        self.tokenizer, self.pairs, self.budget, self.seed = tokenizer, list(pairs), budget, int(seed)
+        if not self.pairs:
+            raise PosinterpError("the summarization data has no (document, summary) pairs")
+        self.position = 0
+        self._orders: dict[int, list[int]] = {}
+        if state is not None:
+            self.load_state(state)
+
+    @property
+    def epoch(self) -> int:
+        return self.position // len(self.pairs)
+
+    def state(self) -> dict:
+        return {"position": self.position, "seed": self.seed, "pairs": len(self.pairs)}
+
+    def load_state(self, state: dict) -> None:
+        for key, mine in (("seed", self.seed), ("pairs", len(self.pairs))):
+            if key in state and int(state[key]) != mine:
+                raise PosinterpError(f"the saved data position was made with {key} {state[key]}, not {mine}; "
+                                     "resume with the same --seed and --data")
+        self.position = int(state["position"])
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            order = list(range(len(self.pairs)))
+            random.Random(self.seed + epoch).shuffle(order)
+            self._orders = {epoch: order}
+        return self._orders[epoch]
+
+    def take(self, n: int) -> list[tuple[list[int], list[int]]]:
+        out = []
+        for _ in range(int(n)):
+            epoch, i = divmod(self.position, len(self.pairs))
+            pair = self.pairs[self._order(epoch)[i]]
+            out.append(build_example(self.tokenizer, pair.document, pair.summary, self.budget.max_input_tokens,
+                                     self.budget.max_summary_tokens))
+            self.position += 1
+        return out
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[Any, Any]:
+    """(input_ids, labels) tensors (B, T) of examples of unequal length, right-padded.
+
+    Padding sits after every real token, so causal attention never lets a real position see it;
+    its labels are IGNORE_INDEX, so it adds nothing to the loss.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), int(pad_id), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (x, y) in enumerate(examples):
+        ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
+        labels[row, :len(y)] = torch.tensor(y, dtype=torch.long)
+    return ids, labels

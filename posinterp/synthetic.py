@@ -1,17 +1,19 @@
 """A synthetic passkey task small enough to pretrain a LLaMA on from scratch in seconds on a CPU.
 
-    folder = tiny_passkey_model(Path("runs/tiny"), window=128, seed=0)   # random init + tokenizer
-    write_passkey_corpus(folder, Path("runs/tiny-data.jsonl"), documents=2000, length=127, seed=0)
-    posinterp train runs/tiny --data runs/tiny-data.jsonl --seq-len 128 --steps 500 --lr 1e-3 --out runs/tiny-pt
+    tok = passkey_tokenizer()
+    folder = tiny_passkey_model(Path("runs/tiny"), window=128, seed=0, tokenizer=tok)  # random init
+    write_jsonl(passkey_sequences(tok, sequences=600 * 16, seq_len=128, seed=0), Path("runs/tiny.jsonl"))
+    posinterp train runs/tiny --data runs/tiny.jsonl --seq-len 128 --steps 600 --batch-size 16 --lr 2e-3 \
+        --precision fp32 --out runs/tiny-pt
 
 The documents are the passkey eval's own prompts (`posinterp.evals.passkey.PromptBuilder`, the
 paper's template: task sentence, filler, the key sentence at a random depth, more filler, the
 question) followed by the answer " 12345.", so a model pretrained on them is measured by the real
 `passkey` eval on exactly the distribution it learned, at any length.
 
-The tokenizer is a byte-level BPE trained on the template alone (a vocabulary of about a hundred
-entries instead of SmolLM2's 49152, so the embedding and the softmax cost nearly nothing), with
-every digit its own token: a key is five tokens that the model copies one by one.
+The tokenizer is a byte-level BPE trained on the template alone (174 entries instead of SmolLM2's
+49152, so the embedding and the softmax cost nearly nothing), with every digit its own token: a
+key is five tokens that the model copies one by one. Used by tests/test_reproduction.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from typing import Any
 EOS = "<eos>"
 VOCAB = 256
 """BPE vocabulary cap; the template saturates it at 174 entries (its characters and every whole word)."""
+INIT_STD = 0.1
+"""Weight init std. With LLaMA's 0.02 the copying circuit of a 2-layer, hidden-64 model formed only
+after a plateau of about 700 steps (batch 16 × 128 tokens, lr 2e-3); with 0.1, within about 150 for
+seed 0, but seeds 1 and 2 had still not formed it after 600 (tests/test_reproduction.py)."""
 
 
 def passkey_tokenizer(vocab_size: int = VOCAB) -> Any:
@@ -37,31 +43,15 @@ def passkey_tokenizer(vocab_size: int = VOCAB) -> Any:
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
+    # every sentence of the template, all ten digits, and the "a" that PromptBuilder probes with
     sample = [TASK, FILLER, " " + FILLER, KEY.format(key="0123456789"), QUESTION + " 12345.", "\n", " \n", "a"]
-    alphabet = sorted({c for text in sample for c in _bytes_to_unicode(text)})
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=alphabet,
-                                  show_progress=False)
-    # the template's sentences repeated so word merges win over rare pairs
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False)
     tok.train_from_iterator(sample * 50, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
 
 
-def _bytes_to_unicode(text: str) -> list[str]:
-    """The byte-level alphabet characters that encode `text` (GPT-2's byte → printable map)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    table = dict(zip(bs, (chr(c) for c in cs)))
-    return [table[b] for b in text.encode("utf-8")]
-
-
 def tiny_passkey_model(out: Path, *, window: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
-                       rope_theta: float = 10000.0, init_std: float = 0.02, tokenizer: Any = None) -> Path:
+                       rope_theta: float = 10000.0, init_std: float = INIT_STD, tokenizer: Any = None) -> Path:
     """Save a randomly initialised LLaMA (window `window`) with the passkey tokenizer into `out`."""
     import torch
     import transformers as tf
@@ -85,7 +75,7 @@ def tiny_passkey_model(out: Path, *, window: int, seed: int = 0, hidden: int = 6
 def passkey_document(builder: Any, rng: random.Random, length: int) -> list[int]:
     """One passkey document of exactly `length` tokens: the eval's prompt, then the answer " 12345."."""
     key = str(rng.randint(10000, 99999))
-    answer = builder._enc(f" {key}.")
+    answer = builder.tokenizer(f" {key}.", add_special_tokens=False)["input_ids"]
     return list(builder.build(length - len(answer), rng.random(), key).ids) + answer
 
 

@@ -4,6 +4,7 @@
     posinterp train smollm2-135m --rope pi:2 --seq-len 4096 --steps 30 --lr 1e-4 --out runs/smollm2-16k-ft
     posinterp train ... --resume        # after a crash, a kill or Ctrl-C: the identical batch sequence continues
     posinterp train ... --lora          # LoRA on attention, embeddings and norms trainable (LongLoRA)
+    posinterp train runs/smollm2-16k --task summarize --data govreport/ --seq-len 16384 --out runs/sum-ft
     accelerate launch --config_file recipes/accelerate/fsdp.yaml -m posinterp train ...
 
 Recipe (paper §3.1, the defaults of `TrainConfig`): AdamW β (0.9, 0.95), weight decay 0, lr 2e-5,
@@ -12,6 +13,10 @@ autocast over fp32 master weights. Sequences are packed documents of exactly `--
 (`posinterp.data`); the loss never holds the full logits (`posinterp.loss`). Checkpoints
 (`posinterp.checkpoint`) go to `<out>-checkpoints/`; the final `--out` is a standard extended
 checkpoint, loadable by plain `AutoModelForCausalLM.from_pretrained`.
+
+`--task summarize` fine-tunes on (document, summary) pairs instead (`posinterp.sft`): the paper's
+prompt, the document cut to fit `--seq-len`, the loss on the summary tokens only; one example per
+sequence, right-padded within a micro-batch.
 
 One optimizer step reads `batch_size × grad_accum × processes` sequences (the global batch) from
 one stream that every process reads the same way; process r takes every r-th of them, so the
@@ -42,7 +47,7 @@ token, layer and hidden unit without checkpointing (9.8 GB peak vs 5.7 GB with i
 IDENTITY = ("model", "rope", "original_length", "data", "split", "text_field", "seq_len", "seed", "shuffle_buffer",
             "global_batch", "lr", "schedule", "warmup", "warmup_from", "min_lr_ratio", "beta1", "beta2",
             "weight_decay", "grad_clip", "precision", "lora", "lora_rank", "lora_alpha", "lora_targets",
-            "lora_trainable")
+            "lora_trainable", "task", "document_field", "summary_field", "max_input_tokens", "max_summary_tokens")
 """Settings a resumed run must share with its checkpoint (else it would not continue the same run)."""
 
 
@@ -51,11 +56,20 @@ class TrainConfig:
     model: str = arg(help="model to fine-tune: an extended checkpoint (posinterp extend), HF folder, .gguf, "
                           "cached hub id, or alias smollm2-135m", positional=True)
     out: Path = arg(help="folder for the final fine-tuned checkpoint")
-    data: str = arg("gutenberg", help="training documents: files, folder, glob, .jsonl/.parquet, datasets folder, "
-                                      "or a built-in corpus (gutenberg, pydoc); comma-separate to combine")
+    task: str = arg("lm", help="lm: next-token loss on packed documents (the paper's fine-tune); summarize: "
+                               "loss on the summary of (document, summary) pairs", choices=("lm", "summarize"))
+    data: str | None = arg(None, help="training data: files, folder, glob, .jsonl/.parquet, datasets folder, or a "
+                                      "built-in corpus (gutenberg, pydoc); comma-separate to combine. With --task "
+                                      "summarize: pairs (.jsonl/.parquet/datasets folder, or the built-in smoke set "
+                                      "pydoc-summaries). Default: gutenberg, or pydoc-summaries with --task summarize")
     split: str = arg("train", help="split of a built-in corpus (train never includes the held-out test books)",
-                     choices=("train", "test", "all"))
+                     choices=("train", "validation", "test", "all"))
     text_field: str = arg("text", help="field holding the text in .jsonl/.parquet/datasets sources")
+    document_field: str = arg("report", help="--task summarize: field holding the document (GovReport: report)")
+    summary_field: str = arg("summary", help="--task summarize: field holding the summary (GovReport: summary)")
+    max_input_tokens: int | None = arg(None, help="--task summarize: document tokens kept (default: what fits in "
+                                                  "--seq-len after the prompt and --max-summary-tokens)")
+    max_summary_tokens: int = arg(512, help="--task summarize: summary tokens trained on (longer ones are cut)")
     seq_len: int | None = arg(None, help="tokens per packed sequence (default: the model's window)")
     steps: int = arg(1000, help="optimizer steps (paper: 1000)")
     batch_size: int = arg(1, help="sequences per process per micro-step")
@@ -95,6 +109,13 @@ class TrainConfig:
     force: bool = arg(False, help="replace a non-empty --out and discard earlier checkpoints of this run")
 
     def __post_init__(self) -> None:
+        if self.data is None:
+            from posinterp.sft import BUILTIN_NAME
+
+            self.data = BUILTIN_NAME if self.task == "summarize" else "gutenberg"
+        if self.task == "lm" and self.split == "validation":
+            raise PosinterpError("--split validation exists only for --task summarize data; "
+                                 "use --split train, test or all")
         self.out = Path(self.out)
         if self.checkpoint_dir is None:
             self.checkpoint_dir = self.out.with_name(self.out.name + "-checkpoints")
@@ -254,15 +275,17 @@ def _loss_module(lm: Any, chunk: int) -> Any:
             self.plain = (head is None or getattr(head, "bias", None) is not None
                           or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
 
-        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+            """Mean next-token loss; `labels` (IGNORE_INDEX where not scored) default to input_ids."""
             from posinterp import loss
 
             hf = _hf_model(self.lm)
             if self.plain:  # output bias, softcapping or logit scaling: use the model's own loss
-                return hf(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+                return hf(input_ids=input_ids, labels=input_ids if labels is None else labels, use_cache=False).loss
             decoder = getattr(hf, hf.base_model_prefix)
             hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
-            return loss.causal_lm_loss(hidden, hf.get_output_embeddings().weight, input_ids, chunk=chunk)
+            return loss.causal_lm_loss(hidden, hf.get_output_embeddings().weight, input_ids, chunk=chunk,
+                                       labels=labels)
 
     return CausalLMLoss()
 
@@ -398,7 +421,7 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    from posinterp import checkpoint, models
+    from posinterp import checkpoint, models, sft
     from posinterp.atomic import check_out
     from posinterp.corpus import describe
     from posinterp.data import PackedSequences, shard
@@ -423,6 +446,13 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
         if not cfg.force:
             raise PosinterpError(f"--checkpoint-dir {cfg.checkpoint_dir} already holds checkpoints of a run; "
                                  "pass --resume to continue it or --force to start over")
+    summarize = cfg.task == "summarize"
+    if summarize:  # the pairs and the token budget are checked before any weights load
+        pairs = sft.load_pairs(cfg.data, split=cfg.split, document_field=cfg.document_field,
+                               summary_field=cfg.summary_field)
+        budget = sft.fit_budget(models.load_tokenizer(source), seq_len, max_summary_tokens=cfg.max_summary_tokens,
+                                max_input_tokens=cfg.max_input_tokens, window_flag="--seq-len")
+    describe_data = sft.describe_pairs(cfg.data, cfg.split) if summarize else describe(cfg.data, cfg.split)
 
     cpu = not torch.cuda.is_available()
     if not torch.distributed.is_initialized():
@@ -477,11 +507,12 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
     params = [p for p in module.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
 
     settings = {**to_dict(cfg), "seq_len": seq_len, "global_batch": global_batch, "processes": world,
-                "tokens_per_step": global_batch * seq_len, "distributed": distributed, "distributed_note": fallback,
+                "tokens_per_step": None if summarize else global_batch * seq_len,  # summarize: examples vary
+                "distributed": distributed, "distributed_note": fallback,
                 "activation_checkpointing": ckpt_on, "activation_checkpointing_why": ckpt_why, "attn": attn,
                 "model_window": model_window, "rope_parameters": rope_parameters(hf.config),
                 "trainable_parameters": sum(p.numel() for p in params),
-                "data_description": describe(cfg.data, cfg.split), "versions": versions()}
+                "data_description": describe_data, "versions": versions()}
     settings["checkpoint_dir"] = str(cfg.checkpoint_dir)
     start, tokens_done, data_state, resumed_from = 0, 0, None, None
     if resume_dir is not None:
@@ -491,8 +522,15 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
         start, tokens_done, data_state = int(state["step"]), int(state["tokens"]), state["data"]
         resumed_from = str(resume_dir)
         log.info("resuming from %s (step %d)", resume_dir, start)
-    stream = PackedSequences.from_corpus(cfg.data, tokenizer, seq_len, split=cfg.split, text_field=cfg.text_field,
-                                         seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, state=data_state)
+    if summarize:
+        stream = sft.SummaryExamples(tokenizer, pairs, budget, seed=cfg.seed, state=data_state)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        log.info("summarize: %d pairs of %s; documents cut to %d tokens, summaries to %d", len(pairs), describe_data,
+                 budget.max_input_tokens, budget.max_summary_tokens)
+    else:
+        stream = PackedSequences.from_corpus(cfg.data, tokenizer, seq_len, split=cfg.split,
+                                             text_field=cfg.text_field, seed=cfg.seed,
+                                             shuffle_buffer=cfg.shuffle_buffer, state=data_state)
 
     parent = read_provenance(source.folder)
     provenance = _provenance(cfg, source, parent, rope_info, hf.config)
@@ -527,15 +565,24 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
         with _Interrupt() as interrupt:
             for step in range(start + 1, cfg.steps + 1):
                 t0 = time.perf_counter()
-                mine = shard(stream.take(global_batch), rank, world)  # this process's sequences
-                batch = torch.from_numpy(np.stack(mine).astype(np.int64)).to(accelerator.device)
+                everyone = stream.take(global_batch)
+                mine = shard(everyone, rank, world)  # this process's sequences
+                if summarize:
+                    step_tokens = sum(len(ids) for ids, _ in everyone)
+                    micro_batches = [sft.collate(mine[i:i + cfg.batch_size], pad_id)
+                                     for i in range(0, len(mine), cfg.batch_size)]
+                else:
+                    step_tokens = global_batch * seq_len
+                    batch = torch.from_numpy(np.stack(mine).astype(np.int64))
+                    micro_batches = [(batch[i:i + cfg.batch_size], None) for i in range(0, len(mine), cfg.batch_size)]
                 total = torch.zeros((), device=accelerator.device)
-                for micro in range(cfg.grad_accum):
-                    ids = batch[micro * cfg.batch_size:(micro + 1) * cfg.batch_size]  # (B, T)
+                for micro, (ids, labels) in enumerate(micro_batches):  # ids, labels: (B, T)
+                    ids = ids.to(accelerator.device)
+                    labels = labels.to(accelerator.device) if labels is not None else None
                     sync = micro == cfg.grad_accum - 1
                     ctx = accelerator.no_sync(module) if not sync else _nullcontext()
                     with ctx:
-                        loss = module(ids) / cfg.grad_accum
+                        loss = module(ids, labels) / cfg.grad_accum
                         accelerator.backward(loss)
                     total += loss.detach().float()
                 loss_value = float(accelerator.reduce(total, reduction="mean"))
@@ -555,11 +602,11 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                tokens_done += global_batch * seq_len
+                tokens_done += step_tokens
                 losses.append(loss_value)
                 dt = time.perf_counter() - t0
                 row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                       "tokens": tokens_done, "tokens_per_s": global_batch * seq_len / dt, "step_s": dt,
+                       "tokens": tokens_done, "tokens_per_s": step_tokens / dt, "step_s": dt,
                        "elapsed_s": time.perf_counter() - t_run, "epoch": stream.epoch,
                        "peak_mem_gb": _peak_memory_gb(accelerator.device)}
                 metrics.write(row)
@@ -589,7 +636,7 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
     wall = time.perf_counter() - t_run
     summary = {"steps": cfg.steps, "steps_this_run": cfg.steps - start, "resumed_from": resumed_from,
                "seq_len": seq_len, "global_batch": global_batch, "tokens": tokens_done,
-               "data": describe(cfg.data, cfg.split), "seed": cfg.seed, "lr": cfg.lr, "schedule": cfg.schedule,
+               "task": cfg.task, "data": describe_data, "seed": cfg.seed, "lr": cfg.lr, "schedule": cfg.schedule,
                "warmup": cfg.warmup, "precision": cfg.precision, "processes": world, "distributed": distributed,
                "distributed_note": fallback, "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
                                                       "targets": cfg.lora_targets,

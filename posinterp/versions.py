@@ -9,11 +9,14 @@ from importlib import metadata
 PACKAGES = ("posinterp", "torch", "transformers", "accelerate", "datasets", "peft", "gguf", "tokenizers")
 
 
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "not installed"."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            **{name: package_version(name) for name in PACKAGES}}

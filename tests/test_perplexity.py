@@ -116,6 +116,9 @@ def test_errors_are_one_line_and_come_before_loading(tiny_dir, tmp_path, monkeyp
         (dict(data=str(text), windows="256", stride=256), "--stride"),
         (dict(data=str(text), windows="2k"), "--windows"),
         (dict(data=str(text), windows="256", stride=0), "--stride"),
+        (dict(data=str(text), windows="128,256", stride="64,64,64"), "one per window"),
+        (dict(data=str(text), windows="128,256", stride="64,256"), "--stride 256"),
+        (dict(data=str(text), windows="256", stride="a"), "--stride"),
         (dict(data=str(text), windows="300", rope="pi"), "--rope"),
         (dict(data=str(text), windows="300", max_tokens=1), "--max-tokens"),
     ]
@@ -146,7 +149,7 @@ def test_cli_results_name_the_corpus_count_short_documents_and_are_atomic(tiny_d
     assert any("shorter than the window" in n for n in result["notes"])
     nll = sum(d["nll_sum"] for d in w512["documents"])
     assert w512["perplexity"] == pytest.approx(math.exp(nll / w512["tokens_scored"]))
-    assert result["config"]["stride"] == 64 and "transformers" in result["versions"]
+    assert w128["stride"] == w512["stride"] == 64 and "transformers" in result["versions"]
     assert (out / "perplexity.png").stat().st_size > 0 and "shorter than the window" in (out / "results.md").read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     capsys.readouterr()
@@ -158,3 +161,14 @@ def test_builtin_corpus_is_named(tiny_dir):
     folder = tiny_dir(window=256)
     result = pp.perplexity(str(folder), data="pydoc", windows="128", stride=64, max_tokens=300, max_docs=1)
     assert result["corpus"].startswith("pydoc:test") and len(result["documents"]) == 1
+
+
+def test_one_stride_per_window_is_used_for_its_window(tiny_dir, tmp_path):
+    folder = tiny_dir(window=512)
+    text = _write(tmp_path / "a.txt", " ".join(f"word{i % 89}" for i in range(1200)))
+    result = pp.perplexity(str(folder), data=str(text), windows="512,128", stride="32,256", max_tokens=800)
+    w128, w512 = result["windows"]
+    assert (w128["window"], w128["stride"]) == (128, 32) and (w512["window"], w512["stride"]) == (512, 256)
+    assert w128["forward_windows"] == len(pp.windows(800, 128, 32))
+    assert w512["forward_windows"] == len(pp.windows(800, 512, 256))
+    assert pp.strides_for([8192, 2048], "1024, 4096") == {2048: 1024, 8192: 4096}

@@ -37,3 +37,22 @@ def test_dry_run_of_the_7b_stand_in_prints_the_plan(capsys):
     assert plan["original_length"] == 4096 and plan["target_length"] == 32768
     assert 6.5e9 < plan["estimate"]["params"] < 7e9 and "memory per device" in out
     assert all(s["status"] == "to run" for s in plan["stages"])
+
+
+
+def test_a_stride_per_window_follows_each_rows_windows(tmp_path, monkeypatch):
+    """The CPU recipe gives one stride per window; the original row keeps only its windows and their strides."""
+    from posinterp.evals import perplexity as pp
+    from posinterp.run import plan
+
+    seen = {}
+    monkeypatch.setattr(pp, "perplexity", lambda cfg: seen.setdefault(cfg.out.parent.name, cfg))
+    recipe, _ = load_recipe(RECIPES[0].parent / "smollm2-16k-cpu.yaml")
+    for stage in plan(recipe, tmp_path):
+        if stage.name.startswith("ppl "):
+            stage.action()
+    windows, strides = recipe.eval.windows, recipe.eval.ppl["stride"]
+    assert len(windows) == len(strides) == 3 and len(set(strides)) > 1
+    want = dict(zip(sorted(windows), strides))
+    assert pp.strides_for(windows[:2], seen["original"].stride) == {w: want[w] for w in sorted(windows)[:2]}
+    assert pp.strides_for(windows, seen["pi_ft"].stride) == want

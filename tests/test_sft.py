@@ -154,3 +154,39 @@ def test_iter_examples_is_padding_free_deterministic_and_resumable(smol_tokenize
     shards = [[ex["position"] for ex in sft.iter_examples(smol_tokenizer, pairs, budget=budget, epochs=2, seed=3,
                                                           rank=r, world=2)] for r in (0, 1)]
     assert shards == [[0, 2, 4, 6, 8], [1, 3, 5, 7, 9]]
+
+
+def test_right_padding_leaves_each_rows_loss_unchanged(smol_tokenizer):
+    """Padding after the real tokens is invisible to them (causal) and has no labels."""
+    import torch
+    from conftest import make_tiny
+
+    from posinterp.loss import full_logits_loss
+
+    budget = sft.fit_budget(smol_tokenizer, 256, max_summary_tokens=16)
+    pairs = [sft.Pair("a", DOC, SUMMARY), sft.Pair("b", DOC[:80], "Short.")]
+    examples = sft.SummaryExamples(smol_tokenizer, pairs, budget, seed=0).take(2)
+    ids, labels = sft.collate(examples, smol_tokenizer.eos_token_id)
+    assert ids.shape == (2, max(len(x) for x, _ in examples))
+    model = make_tiny().float().eval()
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state
+        for row, (x, y) in enumerate(examples):
+            alone = model.model(input_ids=torch.tensor([x])).last_hidden_state
+            padded = full_logits_loss(hidden[row:row + 1], model.lm_head.weight, ids[row:row + 1], labels[row:row + 1])
+            single = full_logits_loss(alone, model.lm_head.weight, torch.tensor([x]), torch.tensor([y]))
+            assert padded.item() == pytest.approx(single.item(), rel=1e-5)
+
+
+def test_summary_stream_matches_iter_examples_and_resumes(smol_tokenizer):
+    budget = sft.fit_budget(smol_tokenizer, 256, max_summary_tokens=16)
+    pairs = [sft.Pair(str(i), f"{DOC} {i}", f"{SUMMARY} {i}") for i in range(3)]
+    stream = sft.SummaryExamples(smol_tokenizer, pairs, budget, seed=5)
+    got = stream.take(7)
+    want = [(e["input_ids"][0].tolist(), e["labels"][0].tolist())
+            for e in sft.iter_examples(smol_tokenizer, pairs, budget=budget, epochs=3, seed=5)][:7]
+    assert got == want and stream.epoch == 2
+    again = sft.SummaryExamples(smol_tokenizer, pairs, budget, seed=5, state={"position": 4, "seed": 5, "pairs": 3})
+    assert again.take(3) == got[4:]
+    with pytest.raises(PosinterpError, match="seed"):
+        sft.SummaryExamples(smol_tokenizer, pairs, budget, seed=6, state=stream.state())

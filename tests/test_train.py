@@ -329,3 +329,68 @@ def test_activation_checkpointing_auto_rule(monkeypatch):
     assert train_mod.resolve_checkpointing("auto", Cfg, 4096, cpu)[0] is False  # ≈7.2 GiB ≤ 10
     assert train_mod.resolve_checkpointing("auto", Cfg, 16384, cpu)[0] is True  # ≈29 GiB > 10
     assert train_mod.resolve_checkpointing("off", Cfg, 16384, cpu) == (False, "--checkpointing off")
+
+
+# -- --task summarize ------------------------------------------------------------------------------
+def _pairs_file(tmp_path: Path, n: int = 5) -> Path:
+    rows = [{"report": " ".join(f"fact{i}-{j}" for j in range(60)), "summary": f"Summary number {i} of the report."}
+            for i in range(n)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_summarize_loss_is_the_summary_tokens_only(tiny_dir, tmp_path, smol_tokenizer):
+    """Step 1's logged loss equals a loss computed by hand on the first example's summary tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from posinterp import sft
+    from posinterp.loss import full_logits_loss
+
+    model, data = tiny_dir(), _pairs_file(tmp_path)
+    settings = dict(task="summarize", data=str(data), seq_len=128, max_summary_tokens=16, precision="fp32",
+                    tensorboard=False, seed=3, lr=1e-3)
+    out = train(str(model), out=tmp_path / "sum", steps=2, **settings)
+    first = json.loads((tmp_path / "sum-checkpoints" / "metrics.jsonl").read_text().splitlines()[0])
+
+    budget = sft.fit_budget(smol_tokenizer, 128, max_summary_tokens=16, window_flag="--seq-len")
+    (example,) = sft.SummaryExamples(smol_tokenizer, sft.load_pairs(str(data)), budget, seed=3).take(1)
+    ids, labels = sft.collate([example], smol_tokenizer.eos_token_id)
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    with torch.no_grad():
+        hidden = lm.model(input_ids=ids).last_hidden_state
+        expected = full_logits_loss(hidden, lm.lm_head.weight, ids, labels).item()
+        everything = full_logits_loss(hidden, lm.lm_head.weight, ids).item()
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - everything) > 1e-3  # the prompt's tokens would change it
+    written = json.loads((out / "posinterp.json").read_text())["training"]
+    assert written["task"] == "summarize" and written["data"] == f"{data}:train"
+    assert first["tokens"] == len(example[0])
+
+
+def test_summarize_resume_continues_the_same_examples(tiny_dir, tmp_path):
+    model, data = str(tiny_dir()), _pairs_file(tmp_path, n=3)
+    common = dict(task="summarize", data=str(data), seq_len=128, max_summary_tokens=16, tensorboard=False,
+                  batch_size=2, lr=1e-3)
+    ref = train(model, out=tmp_path / "ref", steps=4, **common)
+    train(model, out=tmp_path / "part", steps=2, **common)
+    out = train(model, out=tmp_path / "part", steps=4, resume=True, force=True, **common)
+    _bit_equal(ref, out)
+    assert _losses(tmp_path / "ref-checkpoints") == _losses(tmp_path / "part-checkpoints")
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(max_summary_tokens=200), "--max-summary-tokens"),
+    (dict(max_summary_tokens=16, max_input_tokens=500), "--max-input-tokens"),
+    (dict(max_summary_tokens=16, document_field="body"), "--document-field"),
+])
+def test_summarize_refuses_bad_settings_before_loading(tiny_dir, tmp_path, kw, message):
+    settings = dict(task="summarize", data=str(_pairs_file(tmp_path)), seq_len=128, tensorboard=False, **kw)
+    with pytest.raises(PosinterpError, match=message):
+        train(str(tiny_dir()), out=tmp_path / "x", steps=1, **settings)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x-checkpoints").exists()
+
+
+def test_default_data_follows_the_task(tmp_path):
+    assert TrainConfig("m", out=tmp_path / "a").data == "gutenberg"
+    assert TrainConfig("m", out=tmp_path / "a", task="summarize").data == "pydoc-summaries"

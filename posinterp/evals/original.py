@@ -351,7 +351,7 @@ def _ppl_row(cfg: OriginalConfig, pl: Plan, tmp: Path | None, models_) -> dict:
     max_tokens = int(cfg.max_doc_tokens or pl.window)
     # eval ppl's own stride (the paper's 256) unless the window is too small for it; a document cut
     # to L tokens is one window whatever the stride
-    default_stride = PerplexityConfig.__dataclass_fields__["stride"].default
+    default_stride = int(PerplexityConfig.__dataclass_fields__["stride"].default)
     stride = int(cfg.ppl_stride or min(default_stride, pl.window // 2))
     runs = {}
     for role, ref in models_:
@@ -501,7 +501,7 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
     """
     cfg = as_config(OriginalConfig, cfg, kwargs)
     from posinterp.atomic import atomic_dir, check_out, write_json, write_text
-    from posinterp.versions import versions
+    from posinterp.versions import package_version, versions
 
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
@@ -524,7 +524,7 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
         else:
             notes.append(f"zero-shot tasks: none asked (the paper's: --tasks {','.join(PAPER_TASKS)} --data-dir D)")
         result = {"verb": "eval original", "plan": vars(pl), "rows": rows, "notes": notes,
-                  "config": to_dict(cfg), "versions": {**versions(), "lm_eval": _version("lm-eval")}}
+                  "config": to_dict(cfg), "versions": {**versions(), "lm_eval": package_version("lm-eval")}}
         table = markdown(result)
         if tmp is not None:
             write_json(tmp / "results.json", result)
@@ -533,15 +533,6 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
     if cfg.out is not None:
         log.info("wrote %s", cfg.out)
     return result
-
-
-def _version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _task_rows(cfg: OriginalConfig, pl: Plan, models_, task_plan: TaskPlan) -> list[dict]:

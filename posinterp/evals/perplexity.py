@@ -41,24 +41,54 @@ class PerplexityConfig(common.EvalConfig):
     max_tokens: int | None = arg(None, help="truncate each document to its first N tokens "
                                             "(as the paper truncates proof-pile documents to 32768)")
     windows: str = arg("", help="evaluation windows in tokens: a,b,c or start:stop:count (default: the model's window)")
-    stride: int = arg(256, help="tokens between window starts; each window scores its last `stride` new tokens")
+    stride: str = arg("256", help="tokens between window starts (each window scores its last `stride` new tokens): "
+                                  "one value for every window, or one per window in ascending window order, "
+                                  "e.g. --windows 2048,8192,16384 --stride 1024,2048,4096")
     batch_size: int = arg(1, help="full-length windows per forward pass")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if int(self.stride) < 1:
-            raise PosinterpError(f"--stride {self.stride} must be at least 1 (the paper uses 256)")
+        if isinstance(self.stride, list | tuple):
+            self.stride = ",".join(map(str, self.stride))
+        self.stride = str(self.stride).strip("[] ")
+        _parse_strides(self.stride)
         if self.windows:
-            smallest = min(common.parse_lengths(self.windows, "--windows"))
-            if smallest < 2:
+            sizes = common.parse_lengths(self.windows, "--windows")
+            if min(sizes) < 2:
                 raise PosinterpError(f"--windows {self.windows}: a window needs at least 2 tokens")
-            check_stride(int(self.stride), smallest)
+            strides_for(sizes, self.stride)
         if self.max_docs is not None and int(self.max_docs) < 1:
             raise PosinterpError(f"--max-docs {self.max_docs} must be at least 1")
         if self.max_tokens is not None and int(self.max_tokens) < 2:
             raise PosinterpError(f"--max-tokens {self.max_tokens} must be at least 2 (one token to score)")
         if int(self.batch_size) < 1:
             raise PosinterpError(f"--batch-size {self.batch_size} must be at least 1")
+
+
+def _parse_strides(text: str | int | list) -> list[int]:
+    if isinstance(text, list | tuple):
+        text = ",".join(map(str, text))
+    try:
+        values = [int(p) for p in str(text).strip("[] ").replace(" ", ",").split(",") if p.strip()]
+    except ValueError:
+        raise PosinterpError(f"--stride {text!r} is not a token count or a list of them; e.g. --stride 256") from None
+    if not values or min(values) < 1:
+        raise PosinterpError(f"--stride {text!r} must be at least 1 (the paper uses 256)")
+    return values
+
+
+def strides_for(sizes: list[int], text: str | int | list) -> dict[int, int]:
+    """{window: stride}: one stride for all windows, or one per window in ascending window order."""
+    values = _parse_strides(text)
+    sizes = sorted(sizes)
+    if len(values) == 1:
+        values = values * len(sizes)
+    elif len(values) != len(sizes):
+        raise PosinterpError(f"--stride {text!r} gives {len(values)} strides for {len(sizes)} windows "
+                             f"({','.join(map(str, sizes))}); give one stride, or one per window")
+    for size, stride in zip(sizes, values):
+        check_stride(stride, size)
+    return dict(zip(sizes, values))
 
 
 def check_stride(stride: int, window: int) -> None:
@@ -154,8 +184,8 @@ def markdown(result: dict) -> str:
              f"- stride {result['config']['stride']}, dtype {result['config']['dtype']} (fp32 head and log-softmax)",
              f"- time: {result['timings']}\n"]
     lines.append(common.md_table(
-        ["window", "perplexity", "scored tokens", "forward windows", "documents shorter than window"],
-        [[w["window"], w["perplexity"], w["tokens_scored"], w["forward_windows"], w["short_documents"]]
+        ["window", "stride", "perplexity", "scored tokens", "forward windows", "documents shorter than window"],
+        [[w["window"], w["stride"], w["perplexity"], w["tokens_scored"], w["forward_windows"], w["short_documents"]]
          for w in result["windows"]]))
     for note in result["notes"]:
         lines.append(f"- note: {note}")
@@ -174,7 +204,7 @@ def perplexity(cfg: PerplexityConfig | str | None = None, **kwargs) -> dict:
     sizes = common.parse_lengths(cfg.windows, "--windows") if cfg.windows else None
     prep = common.prepare(cfg, max(sizes) if sizes else 0, "window", "--windows")
     sizes = sizes or [prep.window]
-    check_stride(int(cfg.stride), min(sizes))
+    stride_of = strides_for(sizes, cfg.stride)
     timer = common.Timer()
     with timer("tokenize"):
         documents = load_documents(cfg.data, split=cfg.split, text_field=cfg.text_field, limit=cfg.max_docs)
@@ -192,15 +222,15 @@ def perplexity(cfg: PerplexityConfig | str | None = None, **kwargs) -> dict:
     rows, notes = [], []
     for size in sizes:
         with timer(f"window_{size}"):
-            totals = score(model, docs, size, int(cfg.stride), int(cfg.batch_size))
+            totals = score(model, docs, size, stride_of[size], int(cfg.batch_size))
         nll, n = sum(t[0] for t in totals), sum(t[1] for t in totals)
         short = [m["name"] for m in meta if m["tokens"] < size]
         if short:
             notes.append(f"window {size}: {len(short)} of {len(docs)} documents are shorter than the window "
                          "and were scored at their own length")
         rows.append({
-            "window": size, "stride": int(cfg.stride), "perplexity": _ppl(nll, n), "nll_sum": nll,
-            "tokens_scored": n, "forward_windows": sum(len(windows(len(d), size, int(cfg.stride))) for d in docs),
+            "window": size, "stride": stride_of[size], "perplexity": _ppl(nll, n), "nll_sum": nll,
+            "tokens_scored": n, "forward_windows": sum(len(windows(len(d), size, stride_of[size])) for d in docs),
             "short_documents": len(short), "short_document_names": short, "seconds": timer.seconds[f"window_{size}"],
             "documents": [{"name": m["name"], "tokens": m["tokens"], "scored": c, "nll_sum": s,
                            "perplexity": _ppl(s, c), "shorter_than_window": m["tokens"] < size}

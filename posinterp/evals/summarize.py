@@ -123,7 +123,7 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     from posinterp import models, sft
     from posinterp.atomic import atomic_dir, check_out, write_json, write_text
     from posinterp.rope import parse_rope, window
-    from posinterp.versions import versions
+    from posinterp.versions import package_version, versions
 
     # everything that can be refused is refused before the model is loaded
     if cfg.out is not None:
@@ -200,7 +200,7 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
         "prompt_overhead_tokens": budget.overhead, "mean": mean,
         "scores": "ROUGE F-measure x 100 (rouge_score RougeScorer, use_stemmer=True); mean ± standard error over documents",
         "documents": docs, "seconds": round(time.time() - t_all, 1),
-        "config": to_dict(cfg), "versions": {**versions(), "rouge_score": _version("rouge-score")},
+        "config": to_dict(cfg), "versions": {**versions(), "rouge_score": package_version("rouge-score")},
     }
     table = markdown(result)
     if cfg.out is not None:
@@ -213,12 +213,3 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     if cfg.out is not None:
         log.info("wrote %s", cfg.out)
     return result
-
-
-def _version(name: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"

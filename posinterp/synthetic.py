@@ -2,8 +2,8 @@
 
     tok = passkey_tokenizer()
     folder = tiny_passkey_model(Path("runs/tiny"), window=128, seed=0, tokenizer=tok)  # random init
-    write_jsonl(passkey_sequences(tok, sequences=600 * 16, seq_len=128, seed=0), Path("runs/tiny.jsonl"))
-    posinterp train runs/tiny --data runs/tiny.jsonl --seq-len 128 --steps 600 --batch-size 16 --lr 2e-3 \
+    write_jsonl(passkey_sequences(tok, sequences=1000 * 16, seq_len=128, seed=0), Path("runs/tiny.jsonl"))
+    posinterp train runs/tiny --data runs/tiny.jsonl --seq-len 128 --steps 1000 --batch-size 16 --lr 2e-3 \
         --precision fp32 --out runs/tiny-pt
 
 The documents are the passkey eval's own prompts (`posinterp.evals.passkey.PromptBuilder`, the
@@ -29,7 +29,8 @@ VOCAB = 256
 INIT_STD = 0.1
 """Weight init std. With LLaMA's 0.02 the copying circuit of a 2-layer, hidden-64 model formed only
 after a plateau of about 700 steps (batch 16 × 128 tokens, lr 2e-3); with 0.1, within about 150 for
-seed 0, but seeds 1 and 2 had still not formed it after 600 (tests/test_reproduction.py)."""
+seed 0, but seeds 1 and 2 had still not formed it after 600; the test pretrains 1000 steps
+(tests/test_reproduction.py)."""
 
 
 def passkey_tokenizer(vocab_size: int = VOCAB) -> Any:

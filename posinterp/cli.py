@@ -33,6 +33,12 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool 
     return dataclasses.field(default=default, metadata=meta)
 
 
+def at_least(flag: str, value: Any, minimum: int, unit: str = "") -> None:
+    """Refuse `value` below `minimum` in one line (None, an unset optional flag, passes)."""
+    if value is not None and int(value) < minimum:
+        raise PosinterpError(f"{flag} {value} must be at least {minimum}{unit}")
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -318,6 +318,13 @@ def build_example(tokenizer: Any, document: str, summary: str, max_input_tokens:
     return prompt + target, [IGNORE_INDEX] * len(prompt) + target
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order in which epoch `epoch` visits n pairs: the shuffle of `random.Random(seed + epoch)`."""
+    order = list(range(n))
+    random.Random(int(seed) + int(epoch)).shuffle(order)
+    return order
+
+
 def iter_examples(tokenizer: Any, pairs: Iterable[Pair], *, budget: Budget, epochs: int = 1, seed: int = 0,
                   shuffle: bool = True, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[dict]:
     """Training examples, one per micro-batch (padding-free): {"input_ids", "labels"} of shape (1, T).
@@ -336,9 +343,7 @@ def iter_examples(tokenizer: Any, pairs: Iterable[Pair], *, budget: Budget, epoc
     pairs = list(pairs)
     position = 0
     for epoch in range(int(epochs)):
-        order = list(range(len(pairs)))
-        if shuffle:
-            random.Random(int(seed) + epoch).shuffle(order)
+        order = epoch_order(len(pairs), seed, epoch) if shuffle else range(len(pairs))
         for i in order:
             if position < start or position % int(world) != int(rank):
                 position += 1
@@ -357,8 +362,7 @@ class SummaryExamples:
     """The training stream of `train --task summarize`: endless, deterministic, resumable.
 
     Example k of the stream is pair `order(epoch)[i]` with (epoch, i) = divmod(k, len(pairs)) and
-    order(epoch) the shuffle of `random.Random(seed + epoch)`, the same sequence as
-    `iter_examples`. `take(n)` hands out the next n examples as (input_ids, labels) lists; the
+    order(epoch) = `epoch_order`, the same sequence as `iter_examples`. `take(n)` hands out the next n examples as (input_ids, labels) lists; the
     position (`state()`) is the number handed out, so a resumed run continues the same sequence.
     """
 
@@ -388,9 +392,7 @@ class SummaryExamples:
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
-            order = list(range(len(self.pairs)))
-            random.Random(self.seed + epoch).shuffle(order)
-            self._orders = {epoch: order}
+            self._orders = {epoch: epoch_order(len(self.pairs), self.seed, epoch)}
         return self._orders[epoch]
 
     def take(self, n: int) -> list[tuple[list[int], list[int]]]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posinterp.cli import arg, as_config, to_dict
+from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
 
 log = logging.getLogger(__name__)
@@ -88,14 +88,10 @@ class OriginalConfig:
                                  "e.g. --checks ppl,passkey or --tasks boolq,piqa")
         if self.window is not None and int(self.window) < 16:
             raise PosinterpError(f"--window {self.window} is too small; give the source model's window, e.g. 8192")
-        if self.ppl_docs is not None and int(self.ppl_docs) < 1:
-            raise PosinterpError(f"--ppl-docs {self.ppl_docs} must be at least 1 document")
-        if self.max_doc_tokens is not None and int(self.max_doc_tokens) < 2:
-            raise PosinterpError(f"--max-doc-tokens {self.max_doc_tokens} must be at least 2 tokens")
-        if int(self.passkey_trials) < 1:
-            raise PosinterpError(f"--passkey-trials {self.passkey_trials} must be at least 1")
-        if self.task_limit is not None and int(self.task_limit) < 1:
-            raise PosinterpError(f"--task-limit {self.task_limit} must be at least 1 question")
+        at_least("--ppl-docs", self.ppl_docs, 1, " document")
+        at_least("--max-doc-tokens", self.max_doc_tokens, 2, " tokens")
+        at_least("--passkey-trials", self.passkey_trials, 1)
+        at_least("--task-limit", self.task_limit, 1, " question")
         if int(self.bootstrap) < 100:
             raise PosinterpError(f"--bootstrap {self.bootstrap} is too few resamples; use 100 or more (default 2000)")
         if self.data_dir is not None:

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from posinterp.cli import arg, as_config
+from posinterp.cli import arg, as_config, at_least
 from posinterp.errors import PosinterpError
 from posinterp.evals import common
 
@@ -60,12 +60,10 @@ class PasskeyConfig(common.EvalConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if int(self.trials) < 1:
-            raise PosinterpError(f"--trials {self.trials} must be at least 1 (the paper uses 10)")
+        at_least("--trials", self.trials, 1, " (the paper uses 10)")
         if int(self.depths) < 0:
             raise PosinterpError(f"--depths {self.depths} must be 0 (spread the trials) or a number of depths ≥ 1")
-        if int(self.max_new_tokens) < 1:
-            raise PosinterpError(f"--max-new-tokens {self.max_new_tokens} must be at least 1 (a key needs about 6)")
+        at_least("--max-new-tokens", self.max_new_tokens, 1, " (a key needs about 6)")
         if self.lengths:
             common.parse_lengths(self.lengths)
 

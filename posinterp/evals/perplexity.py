@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from posinterp.cli import arg, as_config
+from posinterp.cli import arg, as_config, at_least
 from posinterp.corpus import SPLITS, describe, load_documents
 from posinterp.errors import PosinterpError
 from posinterp.evals import common
@@ -48,21 +48,15 @@ class PerplexityConfig(common.EvalConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.stride, list | tuple):
-            self.stride = ",".join(map(str, self.stride))
-        self.stride = str(self.stride).strip("[] ")
-        _parse_strides(self.stride)
+        self.stride = ",".join(map(str, _parse_strides(self.stride)))  # "1024,4096" from a YAML list or text
         if self.windows:
             sizes = common.parse_lengths(self.windows, "--windows")
             if min(sizes) < 2:
                 raise PosinterpError(f"--windows {self.windows}: a window needs at least 2 tokens")
             strides_for(sizes, self.stride)
-        if self.max_docs is not None and int(self.max_docs) < 1:
-            raise PosinterpError(f"--max-docs {self.max_docs} must be at least 1")
-        if self.max_tokens is not None and int(self.max_tokens) < 2:
-            raise PosinterpError(f"--max-tokens {self.max_tokens} must be at least 2 (one token to score)")
-        if int(self.batch_size) < 1:
-            raise PosinterpError(f"--batch-size {self.batch_size} must be at least 1")
+        at_least("--max-docs", self.max_docs, 1)
+        at_least("--max-tokens", self.max_tokens, 2, " (one token to score)")
+        at_least("--batch-size", self.batch_size, 1)
 
 
 def _parse_strides(text: str | int | list) -> list[int]:

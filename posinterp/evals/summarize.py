@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posinterp.cli import arg, as_config, to_dict
+from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,8 @@ class SummarizeConfig:
     force: bool = arg(False, help="replace a non-empty --out")
 
     def __post_init__(self) -> None:
-        if self.limit is not None and int(self.limit) < 1:
-            raise PosinterpError(f"--limit {self.limit} must be at least 1 document")
-        if int(self.max_new_tokens) < 1:
-            raise PosinterpError(f"--max-new-tokens {self.max_new_tokens} must be at least 1 token")
+        at_least("--limit", self.limit, 1, " document")
+        at_least("--max-new-tokens", self.max_new_tokens, 1, " token")
         if not self.greedy:
             if not (math.isfinite(self.temperature) and self.temperature > 0):
                 raise PosinterpError(f"--temperature {self.temperature} must be > 0 (or pass --greedy)")

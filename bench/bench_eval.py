@@ -1,7 +1,8 @@
-"""Benchmark the eval fast paths against a straightforward reference on SmolLM2 (CPU).
+"""Benchmark the eval fast paths against a straightforward reference on SmolLM2 (CPU or GPU).
 
     flock /tmp/posinterp-cpu.lock .venv/bin/python bench/bench_eval.py
     flock /tmp/posinterp-cpu.lock .venv/bin/python bench/bench_eval.py --lengths 8192 --prompts 3 --extra-strides 2
+    python bench/bench_eval.py --device cuda --extra-strides 15 --prompts 4     # on a GPU: peak GPU memory too
 
 For each length W it runs, each phase in a fresh subprocess (so the peak RSS, VmHWM, is the phase's own):
 
@@ -62,15 +63,20 @@ def phase(args: argparse.Namespace) -> dict:
     from posinterp.rope import parse_rope
 
     fp32 = args.phase in ("ppl-ref", "ppl-fast32", "pk-ref")
+    device = models.pick_device(args.device)
+    cuda = device.startswith("cuda")
     model, tokenizer, _ = models.load(args.model, rope=parse_rope(args.rope),
-                                      dtype=torch.float32 if fp32 else torch.bfloat16)
+                                      dtype=torch.float32 if fp32 else torch.bfloat16, device=device)
     with torch.inference_mode():  # warm-up (kernel selection, first-call allocations), untimed, for every phase
-        model(input_ids=torch.ones(1, 64, dtype=torch.long), use_cache=False)
+        model(input_ids=torch.ones(1, 64, dtype=torch.long, device=device), use_cache=False)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     length = args.length
     out: dict = {"phase": args.phase, "length": length, "dtype": "float32" if fp32 else "bfloat16"}
     if args.phase.startswith("ppl"):
         docs = [document(args, tokenizer, length)]
-        start = time.perf_counter()
+        start = time.perf_counter()  # the scores are read back with .item(): the GPU has finished at the end
         if args.phase == "ppl-ref":
             totals = pp.reference(model, docs, length, args.stride)
         else:
@@ -87,7 +93,7 @@ def phase(args: argparse.Namespace) -> dict:
             answers = []
             with torch.inference_mode():
                 for t in trials:
-                    ids = torch.tensor([t.ids])
+                    ids = torch.tensor([t.ids], device=device)
                     gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
                                          do_sample=False, pad_token_id=tokenizer.eos_token_id)
                     answers.append(pk.parse_answer(tokenizer.decode(gen[0, len(t.ids):], skip_special_tokens=True)))
@@ -98,6 +104,9 @@ def phase(args: argparse.Namespace) -> dict:
         out.update(prompts=len(trials), keys=[t.key for t in trials], answers=answers,
                    correct=sum(a == t.key for a, t in zip(answers, trials)))
     out["peak_rss_mb"] = peak_rss_mb()
+    out["device"] = torch.cuda.get_device_name(device) if cuda else "cpu"
+    if cuda:
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
 
@@ -105,7 +114,7 @@ def spawn(args: argparse.Namespace, name: str, length: int) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--phase", name, "--length", str(length),
            "--model", args.model, "--rope", args.rope, "--data", args.data, "--split", args.split,
            "--stride", str(args.stride), "--extra-strides", str(args.extra_strides), "--prompts", str(args.prompts),
-           "--seed", str(args.seed), "--max-new-tokens", str(args.max_new_tokens)]
+           "--seed", str(args.seed), "--max-new-tokens", str(args.max_new_tokens), "--device", args.device]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
@@ -125,6 +134,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2, help="passkey prompts per length")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (peak GPU memory is reported on cuda)")
     parser.add_argument("--check-at", default="", help="lengths where the fast path also runs in fp32 to check "
                                                        "equality with the reference (default: the smallest)")
     parser.add_argument("--phases", default="ppl-ref,ppl-fast,ppl-fast32,pk-ref,pk-fast")
@@ -139,7 +149,7 @@ def main() -> None:
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
-    print(f"# bench_eval: {args.model} rope {args.rope}; {os.cpu_count()} CPUs ({cpu}); "
+    print(f"# bench_eval: {args.model} rope {args.rope}; device {args.device}; {os.cpu_count()} CPUs ({cpu}); "
           f"doc = W + {args.extra_strides}×{args.stride} tokens of {args.data}:{args.split}; {args.prompts} passkey prompts")
     began = time.perf_counter()
     rows = []
@@ -152,8 +162,9 @@ def main() -> None:
             r = got[name]
             extra = (f"ppl {r['perplexity']:.4f} ({r['tokens']} tokens, {r['windows']} windows)" if "perplexity" in r
                      else f"{r['correct']}/{r['prompts']} keys retrieved")
-            print(f"{length:>6} {name:<10} {r['dtype']:<8} {r['seconds']:8.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MiB  {extra}",
-                  flush=True)
+            gpu = f"  peak GPU {r['peak_gpu_mb']:7.0f} MiB" if "peak_gpu_mb" in r else ""
+            print(f"{length:>6} {name:<10} {r['dtype']:<8} {r['seconds']:8.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MiB{gpu}  "
+                  f"{extra}", flush=True)
         if "ppl-ref" in got and "ppl-fast" in got:
             rows.append((length, "ppl", got["ppl-ref"], got["ppl-fast"]))
         if "pk-ref" in got and "pk-fast" in got:
@@ -166,11 +177,13 @@ def main() -> None:
         if "ppl-ref" in got and "ppl-fast" in got:
             a, b = got["ppl-ref"]["perplexity"], got["ppl-fast"]["perplexity"]
             print(f"{length:>6} note       bf16 fast vs fp32 reference: relative difference {abs(a - b) / a:.2e}")
-    print("\n| length | eval | reference s | fast s | speed-up | reference peak RSS MiB | fast peak RSS MiB |")
+    mem = "peak_gpu_mb" if rows and "peak_gpu_mb" in rows[0][2] else "peak_rss_mb"
+    unit = "peak GPU MiB" if mem == "peak_gpu_mb" else "peak RSS MiB"
+    print(f"\n| length | eval | reference s | fast s | speed-up | reference {unit} | fast {unit} |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for length, what, ref, fast in rows:
-        print(f"| {length} | {what} | {ref['seconds']:.1f} | {fast['seconds']:.1f} | {ref['seconds'] / fast['seconds']:.2f}× "
-              f"| {ref['peak_rss_mb']:.0f} | {fast['peak_rss_mb']:.0f} |")
+        print(f"| {length} | {what} | {ref['seconds']:.2f} | {fast['seconds']:.2f} | {ref['seconds'] / fast['seconds']:.2f}× "
+              f"| {ref[mem]:.0f} | {fast[mem]:.0f} |")
     print(f"\nwall time {time.perf_counter() - began:.0f} s")
 
 

@@ -156,6 +156,33 @@ def original_window(config: Any, override: int | None = None) -> int:
                              "give the trained window with --original-length N") from None
 
 
+DEVICE_HELP = "where to compute: auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N"
+
+
+def check_device(name: str, flag: str = "--device") -> str:
+    """Check a device name's form (no torch import): auto, cpu, cuda or cuda:N."""
+    name = str(name).strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise PosinterpError(f"{flag} {name!r}: choose auto, cpu, cuda or cuda:N")
+
+
+def pick_device(name: str = "auto", flag: str = "--device") -> str:
+    """auto → cuda when torch sees a GPU, else cpu; refuse a GPU that is not there."""
+    import torch
+
+    name = check_device(name, flag)
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name[5:]) if ":" in name else 0
+        if index >= count:
+            raise PosinterpError(f"{flag} {name}: torch sees {count} GPU(s) here"
+                                 + ("" if count else " (a CPU build, or no driver); use --device cpu"))
+    return name
+
+
 def load_tokenizer(ref: ModelRef) -> Any:
     from transformers import AutoTokenizer
 

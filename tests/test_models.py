@@ -70,3 +70,22 @@ def test_embedded_smollm2_loads_offline_and_retrieves_a_passkey(monkeypatch):
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert "68351" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_device_names_are_checked_before_torch_is_asked():
+    assert models.check_device("CUDA:1") == "cuda:1" and models.check_device("auto") == "auto"
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(PosinterpError, match="choose auto, cpu, cuda or cuda:N"):
+            models.check_device(bad)
+
+
+def test_auto_picks_the_gpu_when_there_is_one_and_a_missing_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert models.pick_device("auto") == "cpu"
+    with pytest.raises(PosinterpError, match="sees 0 GPU.*use --device cpu"):
+        models.pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert models.pick_device("auto") == "cuda" and models.pick_device("cuda:1") == "cuda:1"
+    with pytest.raises(PosinterpError, match="sees 2 GPU"):
+        models.pick_device("cuda:2")

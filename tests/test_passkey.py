@@ -152,7 +152,8 @@ def test_errors_come_before_any_model_is_loaded(tiny_dir, monkeypatch):
     monkeypatch.setattr(common, "load", no_load)
     cases = [dict(lengths="1024", trials=1), dict(lengths="x", trials=1), dict(lengths="512", trials=0),
              dict(lengths="30", trials=1), dict(lengths="512", trials=1, rope="pi:0.5"),
-             dict(lengths="512", trials=1, rope="linear:2")]
+             dict(lengths="512", trials=1, rope="linear:2"), dict(lengths="512", trials=1, device="gpu"),
+             dict(lengths="512", trials=1, device="cuda:7")]
     for case in cases:
         with pytest.raises(PosinterpError) as err:
             pk.passkey(str(folder), **case)

@@ -24,6 +24,7 @@ from typing import Any
 from posinterp.atomic import atomic_dir, check_out, write_json, write_text
 from posinterp.cli import arg, to_dict
 from posinterp.errors import PosinterpError
+from posinterp.models import DEVICE_HELP, check_device
 from posinterp.rope import RopeSpec, configure, parse_rope, rope_parameters, window
 
 DTYPES = ("bfloat16", "float32")
@@ -44,6 +45,7 @@ class EvalConfig:
                                                 "meant for (plain extrapolation); recorded in the results")
     dtype: str = arg("bfloat16", help="compute dtype of weights and activations (scores are reduced in fp32)",
                      choices=DTYPES)
+    device: str = arg("auto", help=DEVICE_HELP)
     seed: int = arg(0, help="random seed (passkey keys; recorded in the results)")
     out: Path | None = arg(None, help="folder for results.json, results.md and plots (none: print only)")
     force: bool = arg(False, help="replace a non-empty --out")
@@ -54,6 +56,7 @@ class EvalConfig:
             self.out = Path(self.out)
         if self.dtype not in DTYPES:
             raise PosinterpError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        self.device = check_device(self.device)
         if self.original_length is not None and int(self.original_length) < 1:
             raise PosinterpError(f"--original-length {self.original_length} must be a positive token count")
 
@@ -100,6 +103,7 @@ def prepare(cfg: EvalConfig, longest: int, what: str, flag: str) -> Prepared:
     """Resolve the model, apply --rope to a copy of its config and check `longest` fits its window."""
     from posinterp import models
 
+    cfg.device = models.pick_device(cfg.device)  # a GPU asked for and absent is refused here; auto is resolved
     ref = models.resolve(cfg.model)
     config = copy.deepcopy(models.load_config(ref))
     models.check_rope(config)
@@ -120,7 +124,8 @@ def load(cfg: EvalConfig) -> tuple[Any, Any, dict | None]:
     from posinterp import models
 
     dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
-    return models.load(cfg.model, rope=cfg.rope_spec, original_length=cfg.original_length, dtype=dtype)
+    return models.load(cfg.model, rope=cfg.rope_spec, original_length=cfg.original_length, dtype=dtype,
+                       device=models.pick_device(cfg.device))
 
 
 @contextmanager

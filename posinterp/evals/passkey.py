@@ -206,7 +206,8 @@ class Decoder:
         import torch
 
         kwargs = {self.cache_arg: cache} if cache is not None else {}
-        out = self.body(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=True, **kwargs)
+        out = self.body(input_ids=torch.tensor([ids], dtype=torch.long, device=self.model.device), use_cache=True,
+                        **kwargs)
         grown = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         return out.last_hidden_state[0, -1], grown
 

@@ -127,7 +127,7 @@ def score(model: Any, docs: list[list[int]], window: int, stride: int, batch_siz
         for _, group in sorted(groups.items(), reverse=True):
             for i in range(0, len(group), batch_size):
                 batch = group[i:i + batch_size]
-                ids = torch.tensor([docs[d][b:e] for d, b, e, _ in batch], dtype=torch.long)  # (B, T)
+                ids = torch.tensor([docs[d][b:e] for d, b, e, _ in batch], dtype=torch.long, device=model.device)  # (B, T)
                 hidden = body(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, D)
                 for row, (d, b, e, f) in enumerate(batch):
                     # hidden at position p - 1 predicts token p, for p in [f, e)
@@ -154,7 +154,7 @@ def reference(model: Any, docs: list[list[int]], window: int, stride: int) -> li
         for ids in docs:
             nll_sum, count = 0.0, 0
             for b, e, f in windows(len(ids), window, stride):
-                x = torch.tensor([ids[b:e]], dtype=torch.long)
+                x = torch.tensor([ids[b:e]], dtype=torch.long, device=model.device)
                 logits = model(input_ids=x, use_cache=False).logits[0].float()  # (T, V)
                 logp = torch.log_softmax(logits[:-1], dim=-1)
                 nll = -logp.gather(-1, x[0, 1:, None])[:, 0]  # nll[j] is token b + j + 1

@@ -29,6 +29,7 @@ from typing import Any
 
 from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
+from posinterp.models import DEVICE_HELP, check_device
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class SummarizeConfig:
     seed: int = arg(0, help="sampling seed; document i uses seed + i")
     rope: str | None = arg(None, help="rope method applied at load, e.g. pi:2 (default: the checkpoint's own)")
     dtype: str = arg("bfloat16", help="weights dtype", choices=DTYPES)
+    device: str = arg("auto", help=DEVICE_HELP)
     out: Path | None = arg(None, help="folder for results.json, results.md, generations.jsonl (none: print only)")
     force: bool = arg(False, help="replace a non-empty --out")
 
@@ -68,6 +70,7 @@ class SummarizeConfig:
                 raise PosinterpError(f"--top-p {self.top_p} must be in (0, 1]")
         if self.out is not None:
             self.out = Path(self.out)
+        self.device = check_device(self.device)
 
 
 def scorer() -> Any:
@@ -127,6 +130,7 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
     spec = parse_rope(cfg.rope) if cfg.rope else None
+    cfg.device = models.pick_device(cfg.device)
     ref = models.resolve(cfg.model)
     config = models.load_config(ref)
     models.check_rope(config)
@@ -146,7 +150,8 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
 
     from posinterp.evals.common import eval_mode
 
-    model, rope_info = models.load_model(models.dense(ref), rope=spec, dtype=getattr(torch, cfg.dtype))
+    model, rope_info = models.load_model(models.dense(ref), rope=spec, dtype=getattr(torch, cfg.dtype),
+                                         device=cfg.device)
     model.config.use_cache = True
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -168,7 +173,7 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     for i, pair in enumerate(pairs):
         ids = sft.prompt_only(tokenizer, pair.document, budget.max_input_tokens)
         doc_tokens = len(tokenizer(pair.document, add_special_tokens=False)["input_ids"])
-        input_ids = torch.tensor([ids], dtype=torch.long)  # (1, T)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, T)
         torch.manual_seed(int(cfg.seed) + i)
         t0 = time.time()
         with eval_mode(model):  # inference mode, no activation checkpointing: the KV cache is used

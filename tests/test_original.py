@@ -88,6 +88,11 @@ def test_refusals_before_any_work(pair, tmp_path, monkeypatch):
         OriginalConfig(model=str(ext), checks="ppl,rouge")
     with pytest.raises(PosinterpError, match="nothing to run"):
         OriginalConfig(model=str(ext), checks="")
+    with pytest.raises(PosinterpError, match="--device 'gpu': choose auto, cpu, cuda or cuda:N"):
+        OriginalConfig(model=str(ext), device="gpu")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(PosinterpError, match="--device cuda: torch sees 0 GPU"):
+        original(str(ext), device="cuda", out=out)
     monkeypatch.setitem(__import__("sys").modules, "lm_eval", None)  # as if lm-eval were not installed
     with pytest.raises(PosinterpError, match=r"--tasks needs lm-evaluation-harness .*pip install 'posinterp\[lm-eval\]'"):
         original(str(ext), tasks="boolq", data_dir=tmp_path, out=out)

@@ -84,6 +84,10 @@ def test_refusals_before_any_work(tiny_dir, tmp_path):
         summarize(model, data=data, document_field="article", max_new_tokens=16, out=tmp_path / "o")
     with pytest.raises(PosinterpError, match="--temperature 0"):
         SummarizeConfig(model=model, temperature=0)
+    with pytest.raises(PosinterpError, match="--device 'tpu'"):
+        SummarizeConfig(model=model, device="tpu")
+    with pytest.raises(PosinterpError, match="--device cuda:5: torch sees"):
+        summarize(model, data=data, device="cuda:5", out=tmp_path / "o")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(PosinterpError, match="not empty.*--force"):

@@ -39,6 +39,7 @@ from typing import Any
 
 from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
+from posinterp.models import DEVICE_HELP, check_device
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class OriginalConfig:
     bootstrap: int = arg(2000, help="bootstrap resamples for the perplexity difference")
     seed: int = arg(0, help="seed for passkey keys, the bootstrap and lm-eval")
     dtype: str = arg("bfloat16", help="compute dtype of every check", choices=DTYPES)
+    device: str = arg("auto", help=DEVICE_HELP)
     out: Path | None = arg(None, help="folder for results.json, results.md and each check's own results "
                                       "(none: print only)")
     force: bool = arg(False, help="replace a non-empty --out")
@@ -98,6 +100,7 @@ class OriginalConfig:
             self.data_dir = Path(self.data_dir).expanduser()
         if self.out is not None:
             self.out = Path(self.out)
+        self.device = check_device(self.device)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -354,7 +357,8 @@ def _ppl_row(cfg: OriginalConfig, pl: Plan, tmp: Path | None, models_) -> dict:
         log.info("perplexity of %s (%s) at window %d", role, ref, pl.window)
         runs[role] = perplexity(PerplexityConfig(
             model=ref, data=cfg.data, split=cfg.split, text_field=cfg.text_field, max_docs=cfg.ppl_docs,
-            max_tokens=max_tokens, windows=str(pl.window), stride=stride, dtype=cfg.dtype, seed=cfg.seed,
+            max_tokens=max_tokens, windows=str(pl.window), stride=stride, dtype=cfg.dtype, device=cfg.device,
+            seed=cfg.seed,
             out=_sub_out(tmp, f"ppl-{role}")))
     docs = {role: runs[role]["windows"][0]["documents"] for role in runs}
     if [d["name"] for d in docs["baseline"]] != [d["name"] for d in docs["extended"]]:
@@ -382,7 +386,7 @@ def _passkey_row(cfg: OriginalConfig, pl: Plan, tmp: Path | None, models_) -> di
     for role, ref in models_:
         log.info("passkey of %s (%s) at length %d", role, ref, pl.window)
         runs[role] = passkey(PasskeyConfig(model=ref, lengths=str(pl.window), trials=int(cfg.passkey_trials),
-                                           dtype=cfg.dtype, seed=cfg.seed,
+                                           dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
                                            out=_sub_out(tmp, f"passkey-{role}")))
     correct = {role: [bool(t["correct"]) for t in runs[role]["trials"]] for role in runs}
     n = len(correct["baseline"])
@@ -501,6 +505,9 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
 
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
+    from posinterp import models
+
+    cfg.device = models.pick_device(cfg.device)
     pl = plan(cfg)
     notes: list[str] = []
     rows: list[dict] = []
@@ -541,7 +548,7 @@ def _task_rows(cfg: OriginalConfig, pl: Plan, models_, task_plan: TaskPlan) -> l
     scores = {}
     for role, ref in models_:
         log.info("zero-shot %s on %s (%s)", ",".join(task_plan.tasks), role, ref)
-        model, tokenizer, _ = models.load(ref, dtype=getattr(torch, cfg.dtype))
+        model, tokenizer, _ = models.load(ref, dtype=getattr(torch, cfg.dtype), device=cfg.device)
         scores[role] = zero_shot(model, tokenizer, task_plan, window=pl.window, limit=cfg.task_limit,
                                  batch_size=cfg.batch_size, seed=cfg.seed)
         del model

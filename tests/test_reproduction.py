@@ -49,7 +49,8 @@ tokens back and PI retrieves 0% even inside L (column "/ inside L"). 40 steps, 1
 5e-3, 150 steps on short documents, head dim 32 or 64 (no circuit formed in 600 steps) and a cosine
 pretraining schedule all left PI fine-tuned at ≤ 5% (seed 0, 600 pretraining steps). At 1000
 pretraining steps, heads of 32 or 64 (hidden 64/96/128) learned retrieval inside L only to 0.00-0.20, so
-they cannot test the claim within the 2-minute budget (docs/theory.md). The real model shows the same
+they cannot test the claim within the 2-minute budget, and RoPE base 100 or 10 (more fast pairs in
+16-dim heads) still left PI fine-tuned at 0% (docs/theory.md). The real model shows the same
 failure: SmolLM2 with PI x2 fine-tuned for 3.3 M tokens on a GPU retrieves 0% and copies only a key's
 first digit (docs/demo-gpu/report.md). Direct
 fine-tuning keeps the one-token attention intact and only has to learn the longer distances, so in

@@ -104,7 +104,6 @@ def phase(args: argparse.Namespace) -> dict:
         out.update(prompts=len(trials), keys=[t.key for t in trials], answers=answers,
                    correct=sum(a == t.key for a, t in zip(answers, trials)))
     out["peak_rss_mb"] = peak_rss_mb()
-    out["device"] = torch.cuda.get_device_name(device) if cuda else "cpu"
     if cuda:
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

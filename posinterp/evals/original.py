@@ -39,7 +39,7 @@ from typing import Any
 
 from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
-from posinterp.models import DEVICE_HELP, check_device
+from posinterp.models import DEVICE_HELP, check_device, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -505,9 +505,7 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
 
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
-    from posinterp import models
-
-    cfg.device = models.pick_device(cfg.device)
+    cfg.device = pick_device(cfg.device)
     pl = plan(cfg)
     notes: list[str] = []
     rows: list[dict] = []

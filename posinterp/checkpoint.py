@@ -15,8 +15,10 @@ One checkpoint is a folder `step-00000100/` under the run's checkpoint folder:
 
 Writing goes to `.step-00000100.tmp` (the same name on every rank), is fsynced, renamed into
 place, then marked complete; a folder without the marker (a kill between rename and marker, a
-partial copy) is skipped with a warning on resume. Pickled files are read with
-`torch.load(weights_only=True)`.
+partial copy) is skipped with a warning on resume. A folder *with* the marker whose files are
+missing or unreadable (`damage`) is refused on resume, naming the folder: delete it to resume from
+the previous complete checkpoint, or start over with --force (see `latest` for why it does not fall
+back silently). Pickled files are read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.atomic import replace_dir, write_json, write_text
+from posinterp.errors import PosinterpError
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +70,81 @@ def scan(root: Path) -> tuple[list[tuple[int, Path]], list[Path]]:
 
 
 def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint; incomplete ones are skipped with a warning."""
+    """The newest complete checkpoint; incomplete ones are skipped with a warning, a damaged one refused.
+
+    A folder without the marker is what a kill while saving leaves, so it is skipped. A folder *with*
+    the marker was fsynced whole before it was marked, so a missing or unreadable file in it means
+    something else went wrong (a bad disk, a partial copy, a hand edit): resuming from the previous
+    checkpoint silently would hide that, so the run stops and names the folder; deleting it resumes
+    from the previous complete checkpoint.
+    """
     complete, incomplete = scan(root)
     for path in incomplete:
         log.warning("warning: skipping incomplete checkpoint %s (no %s marker; interrupted while saving)", path, MARKER)
-    return complete[-1][1] if complete else None
+    if not complete:
+        return None
+    newest = complete[-1][1]
+    problem = damage(newest)
+    if problem:
+        then = (f"delete that folder to resume from {complete[-2][1].name}" if len(complete) > 1 else
+                "delete that folder to resume from step 0 (no earlier complete checkpoint)")
+        raise PosinterpError(f"checkpoint {newest} is marked complete but damaged ({problem}); {then}, "
+                             "or start over with --force instead of --resume")
+    return newest
+
+
+def damage(folder: Path) -> str | None:
+    """What is missing or unreadable in a checkpoint folder, or None when every file is sound.
+
+    Cheap checks, nothing is loaded: state.json and settings.json parse; config.json and the
+    safetensors headers of the model (or trainable.safetensors with --lora) are intact
+    (`models.resolve`); optimizer.pt, scheduler.pt and rng-*.pt are whole zip archives (what
+    `torch.save` writes), or the sharded optimizer folder (FSDP) has its .metadata.
+    """
+    import zipfile
+
+    folder = Path(folder)
+    try:
+        state = read_state(folder)
+        if not isinstance(state, dict) or not {"step", "tokens", "data"} <= set(state):
+            return f"{STATE} lacks step, tokens or data"
+        read_settings(folder)
+    except FileNotFoundError as err:
+        return f"{Path(err.filename).name} is missing"
+    except (OSError, ValueError) as err:
+        return f"{STATE} or {SETTINGS} is not readable JSON: {str(err).splitlines()[0]}"
+    if (folder / TRAINABLE).is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(folder / TRAINABLE), "pt"):
+                pass
+        except Exception as err:
+            return f"{TRAINABLE} is damaged: {str(err).splitlines()[0]}"
+    else:
+        from posinterp import models
+
+        if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
+            return "model.safetensors is missing"
+        try:
+            models.resolve(folder)
+        except PosinterpError as err:
+            return str(err).split("; ")[0]
+    pickles = [folder / "scheduler.pt", *sorted(folder.glob("rng-*.pt"))]
+    if (folder / "optimizer").is_dir():  # FSDP: accelerate's torch.distributed.checkpoint folder optimizer_0/
+        if not any((folder / "optimizer").glob("*/.metadata")) and not (folder / "optimizer" / ".metadata").is_file():
+            return "optimizer/optimizer_0/.metadata is missing"
+    else:
+        pickles.insert(0, folder / "optimizer.pt")
+    for path in pickles:
+        if not path.is_file():
+            return f"{path.name} is missing"
+        try:
+            with zipfile.ZipFile(path):
+                pass
+        except (OSError, zipfile.BadZipFile) as err:
+            return f"{path.name} is truncated or damaged: {err}"
+    return None
 
 
 def read_state(folder: Path) -> dict:
@@ -231,17 +304,59 @@ def restore(folder: Path, *, accelerator: Any, model: Any, optimizer: Any, sched
     from accelerate.utils import DistributedType
 
     folder = Path(folder)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        from accelerate.utils import load_fsdp_optimizer
+    what = "optimizer"
+    try:  # `latest` checked the files are whole; a failure here is damage inside one of them
+        if accelerator.distributed_type == DistributedType.FSDP:
+            from accelerate.utils import load_fsdp_optimizer
 
-        load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(folder / "optimizer"))
-    else:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = folder / f"rng-{accelerator.process_index}.pt"
-    if rng.is_file():
-        set_rng_state(torch.load(rng, weights_only=True))
-    else:
-        log.warning("warning: %s has no generator state for process %d (saved with fewer processes); "
-                    "this process keeps its fresh seed", folder, accelerator.process_index)
+            load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, optimizer, model, str(folder / "optimizer"))
+        else:
+            optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
+        what = "scheduler.pt"
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = folder / f"rng-{accelerator.process_index}.pt"
+        what = rng.name
+        if rng.is_file():
+            set_rng_state(torch.load(rng, weights_only=True))
+        else:
+            log.warning("warning: %s has no generator state for process %d (saved with fewer processes); "
+                        "this process keeps its fresh seed", folder, accelerator.process_index)
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, IndexError) as err:
+        raise PosinterpError(f"checkpoint {folder}: {what} cannot be loaded ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else '-'}); delete that folder to resume from "
+                             "the previous checkpoint, or start over with --force instead of --resume") from None
     return read_state(folder)
+
+
+def save_final(out: Path, *, accelerator: Any, model: Any, tokenizer: Any, lora: bool, provenance: dict,
+               force: bool, extra_files: dict | None = None) -> None:
+    """The trained model as a standard extended checkpoint in `out` (collective: every process calls it).
+
+    A sharded (FSDP) model is gathered on every rank and written by rank 0; LoRA adapters are merged in.
+    """
+    from accelerate.utils import DistributedType
+
+    from posinterp.export import save_checkpoint
+
+    full = None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        full = {k.removeprefix("lm."): v for k, v in accelerator.get_state_dict(model).items()}
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model).lm
+        if lora:
+            final = final.merge_and_unload()
+        if full is not None:
+            final = _WithStateDict(final, full)
+        save_checkpoint(final, tokenizer, out, provenance, force=force, extra_files=extra_files)
+
+
+def clear_run(root: Path) -> None:
+    """Forget a run (`train --force`): its checkpoints, temporaries, metrics.jsonl and TensorBoard logs."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if _NAME.match(path.name) or path.name.startswith(".step-") or path.name == "tensorboard":
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name == "metrics.jsonl":
+            path.unlink()

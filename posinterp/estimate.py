@@ -9,7 +9,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from posinterp.loss import DEFAULT_CHUNK
+
 GIB = 1024**3
+
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 110
+"""Activations kept for backward without checkpointing, bytes per token × layer × hidden unit. Measured on
+SmolLM2 (bf16 autocast, SDPA, CPU): 9.8 GB peak against 5.7 GB with checkpointing at 4096 tokens. The
+estimate and train's `--checkpointing auto` rule both read it (Korthikanti et al.'s 34 assumes fused
+bf16 kernels that the CPU path does not have)."""
+
+PEAK_TFLOPS = 989.0
+"""Default peak per device for a plan on hardware that is not here: an H100/H200's dense bf16 TFLOP/s."""
+MFU = 0.4
+"""Default model-FLOPs utilisation assumed for such a plan."""
 
 
 @dataclass
@@ -44,12 +57,12 @@ def count_params(config: Any) -> int:
 
 def estimate(config: Any, *, seq_len: int, micro_batch: int, grad_accum: int, steps: int, gpus: int = 1,
              sharded: bool = False, checkpointing: bool = True, lora: bool = False,
-             peak_tflops: float = 989.0, mfu: float = 0.4, loss_chunk: int = 4096) -> Estimate:
+             peak_tflops: float = PEAK_TFLOPS, mfu: float = MFU, loss_chunk: int = DEFAULT_CHUNK) -> Estimate:
     """Per-device memory and wall time for AdamW with fp32 master weights and bf16 compute.
 
     Memory: fp32 weights + fp32 grads + 2 fp32 Adam moments (÷ gpus when sharded, FSDP/ZeRO-3),
     activations (with checkpointing: one bf16 hidden state per layer boundary plus one layer's
-    working set; without: ~34·h bytes per token per layer, Korthikanti et al.), and the chunked
+    working set; without: `ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN`·h bytes per token per layer), and the chunked
     loss's logits. Time: 6·N FLOPs per token plus causal attention 6·T·d_model per token per layer,
     at `peak_tflops` × `mfu` per device.
     """
@@ -64,9 +77,9 @@ def estimate(config: Any, *, seq_len: int, micro_batch: int, grad_accum: int, st
     optim = 8 * trainable / shard
     tokens = seq_len * micro_batch
     if checkpointing:
-        act = tokens * h * 2 * layers + tokens * h * 34
+        act = tokens * h * 2 * layers + tokens * h * ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
     else:
-        act = tokens * h * 34 * layers
+        act = tokens * h * ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN * layers
     logits = min(tokens, loss_chunk) * vocab * (2 + 4 + 4)
     total = weights + grads + optim + act + logits
     global_tokens = seq_len * micro_batch * grad_accum * gpus
@@ -78,3 +91,129 @@ def estimate(config: Any, *, seq_len: int, micro_batch: int, grad_accum: int, st
                     total / GIB, flops, sec, sec * steps / 3600,
                     {"peak_tflops_per_device": peak_tflops, "mfu": mfu, "checkpointing": checkpointing,
                      "global_tokens_per_step": global_tokens})
+
+
+# -- this machine's speed, measured -------------------------------------------------------------------
+@dataclass
+class Speed:
+    """Measured seconds of one forward (batch 1) and one training micro-step of a model, in one precision.
+
+    Forward time is fitted as t(T) = a·T + b·T² (the weights' matmuls grow with T, attention with T²)
+    through two measured lengths; training scales with the same curve from its measured length.
+    """
+
+    precision: str
+    forward: dict
+    """tokens → measured seconds of one forward."""
+    train_tokens: int
+    train_s: float
+    """measured seconds of one micro-step (forward, backward, optimizer) at `train_tokens`."""
+
+    @property
+    def fit(self) -> tuple[float, float]:
+        (t1, s1), (t2, s2) = sorted((int(k), float(v)) for k, v in self.forward.items())[:2]
+        b = max(0.0, (s2 / t2 - s1 / t1) / (t2 - t1))
+        return max(0.0, s1 / t1 - b * t1), b
+
+    def forward_s(self, tokens: int) -> float:
+        a, b = self.fit
+        return a * tokens + b * tokens**2
+
+    def train_step_s(self, tokens: int, micro_steps: int = 1) -> float:
+        return micro_steps * self.train_s * self.forward_s(tokens) / self.forward_s(self.train_tokens)
+
+    def as_dict(self) -> dict:
+        a, b = self.fit
+        return {**asdict(self), "fit_a_s_per_token": a, "fit_b_s_per_token2": b}
+
+
+def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", lengths: tuple = (512, 2048),
+                  train_tokens: int = 1024) -> Speed:
+    """Time `model` here: one forward at each of `lengths`, one training micro-step at `train_tokens`.
+
+    Takes a few seconds for a 135M model on a CPU; the result prices every stage of a plan.
+    """
+    import time
+
+    import torch
+
+    from posinterp import models
+    from posinterp.loss import causal_lm_loss
+    from posinterp.machine import choose_precision, set_threads
+
+    set_threads()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    choice = choose_precision(precision, device)
+    prep = models.prepare(model, rope)
+    vocab = int(prep.config.vocab_size)
+
+    def ids(n: int) -> Any:
+        return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
+
+    def timed(fn: Any, repeats: int = 2) -> float:
+        fn()  # warm-up: kernel selection, first-call allocations
+        best = float("inf")
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    # evaluations hold the weights in the chosen dtype (posinterp.evals.common.load)
+    lm, _ = prep.load(choice.torch_dtype, device=device)
+    body = lm.get_decoder()
+    forward = {}
+    for n in lengths:
+        x = ids(int(n))
+        with torch.inference_mode():
+            forward[int(n)] = timed(lambda x=x: body(input_ids=x, use_cache=False))
+    del lm, body
+    # training keeps fp32 master weights under autocast (posinterp.train)
+    lm, _ = prep.load(torch.float32, device=device)
+    body = lm.get_decoder()
+    autocast = torch.autocast(device, dtype=choice.torch_dtype, enabled=choice.name != "fp32")
+    x = ids(int(train_tokens))
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=0.0)
+
+    def step() -> None:
+        with autocast:
+            hidden = body(input_ids=x, use_cache=False).last_hidden_state
+            loss = causal_lm_loss(hidden, lm.get_output_embeddings().weight, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    lm.train()
+    train_s = timed(step, repeats=1)
+    return Speed(choice.name, forward, int(train_tokens), train_s)
+
+
+LOAD_S = 5.0
+"""Seconds to load a small model and its tokenizer before a stage computes (measured: 2–8 s for SmolLM2)."""
+
+
+def train_seconds(speed: Speed, *, steps: int, seq_len: int, batch_size: int = 1, grad_accum: int = 1) -> float:
+    """A fine-tune stage: `steps` optimizer steps of `grad_accum` micro-steps of `batch_size` sequences."""
+    return LOAD_S + steps * batch_size * speed.train_step_s(seq_len, grad_accum)
+
+
+def ppl_seconds(speed: Speed, *, doc_tokens: list[int], windows: dict[int, int]) -> float:
+    """A perplexity stage: every sliding window (size → stride) over documents of `doc_tokens` tokens."""
+    from posinterp.evals.perplexity import windows as spans
+
+    total = LOAD_S
+    for size, stride in windows.items():
+        for n in doc_tokens:
+            total += sum(speed.forward_s(e - b) for b, e, _ in spans(n, size, stride))
+    return total
+
+
+def passkey_seconds(speed: Speed, *, lengths: list[int], trials: int, new_tokens: int = 8) -> float:
+    """A passkey stage: one prefill per prompt plus greedy decoding (each new token costs the marginal
+    a + 2·b·L of the fitted forward curve: its own weights pass and attention over the L cached keys)."""
+    a, b = speed.fit
+    return LOAD_S + sum(trials * (speed.forward_s(n) + new_tokens * (a + 2 * b * n)) for n in lengths)

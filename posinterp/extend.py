@@ -61,10 +61,8 @@ def plan(cfg: ExtendConfig) -> Plan:
     from posinterp import models
 
     check_out(cfg.out, cfg.force)
-    ref = models.resolve(cfg.model)
-    config = models.load_config(ref)
-    models.check_rope(config)
-    original = models.original_window(config, cfg.original_length)
+    prep = models.prepare(cfg.model, original_length=cfg.original_length)
+    ref, config, original = prep.ref, prep.config, prep.original_length
     if cfg.target_length is not None:
         if int(cfg.target_length) <= original:
             raise PosinterpError(f"--target-length {cfg.target_length} must be larger than the original window "

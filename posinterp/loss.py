@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 IGNORE_INDEX = -100
+"""Label of positions left out of the loss (transformers' convention); sft's prompt tokens carry it."""
 DEFAULT_CHUNK = 2048
 """Rows per chunk: (2048, 49152) fp32 logits are 400 MB; bigger chunks do not run faster on CPU."""
 

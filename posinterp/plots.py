@@ -5,6 +5,9 @@ Each function takes results dicts as written by the evals (`results.json`) and a
 
 from __future__ import annotations
 
+import math
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,15 @@ def _figure(width: float = 7.0, height: float = 4.5) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: Path | str) -> None:
+    """Write the PNG atomically: a temporary sibling renamed into place (a report never shows half a figure)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     fig.tight_layout()
-    fig.savefig(str(path), format="png")
+    try:
+        fig.savefig(str(tmp), format="png")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def passkey_heatmap(result: dict, path: Path | str) -> None:
@@ -84,4 +94,56 @@ def perplexity_by_window(results: list[dict], path: Path | str) -> None:
     corpora = sorted({r.get("corpus", "") for r in results})
     ax.set_title("sliding-window perplexity: " + "; ".join(corpora)[:90], fontsize=8)
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def training_loss(curves: dict[str, list[dict]], path: Path | str) -> None:
+    """Training loss against optimizer step, one line per fine-tune (`curves`: label → metrics.jsonl rows)."""
+    fig, ax = _figure()
+    for label, points in curves.items():
+        pts = [p for p in points if "loss" in p and "step" in p]
+        ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], marker="o", markersize=2, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title("fine-tuning loss")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def training_curves(curves: dict[str, list[dict]], path: Path | str, success_rate: float = 0.2) -> None:
+    """Evaluations during fine-tuning against training tokens: one panel per passkey length and one
+    for held-out perplexity, one line per fine-tune (`curves`: label → its `"kind": "eval"` rows)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lengths = sorted({int(n) for rows in curves.values() for r in rows for n in (r.get("passkey") or {})})
+    has_ppl = any(r.get("ppl") is not None for rows in curves.values() for r in rows)
+    panels = [("passkey", n) for n in lengths] + ([("ppl", None)] if has_ppl else [])
+    if not panels:
+        raise ValueError("training_curves: no passkey or perplexity values in the evaluation rows")
+    cols = min(3, len(panels))
+    grid = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(3.6 * cols + 0.6, 3.0 * grid + 0.4), dpi=120)
+    FigureCanvasAgg(fig)
+    for i, (kind, n) in enumerate(panels):
+        ax = fig.add_subplot(grid, cols, i + 1)
+        for label, rows in curves.items():
+            if kind == "passkey":
+                pts = [(r["tokens"], r["passkey"][str(n)]) for r in rows if str(n) in (r.get("passkey") or {})]
+            else:
+                pts = [(r["tokens"], r["ppl"]) for r in rows if r.get("ppl") is not None]
+            if pts:
+                ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker="o", markersize=3, label=label)
+        ax.set_xlabel("training tokens (M)", fontsize=8)
+        if kind == "passkey":
+            ax.axhline(success_rate, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_title(f"passkey accuracy at {n} tokens", fontsize=9)
+        else:
+            windows = sorted({r.get("ppl_window") for rows in curves.values() for r in rows if r.get("ppl_window")})
+            ax.set_title("held-out perplexity" + (f" (window {', '.join(map(str, windows))})" if windows else ""),
+                         fontsize=9)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=7)
     _save(fig, path)

@@ -1,9 +1,11 @@
 """A recipe file: model, method and factor, data, training settings and evaluation protocols.
 
-Sections map onto the verbs' own config dataclasses (`extend` → ExtendConfig, `train` →
-TrainConfig, `eval.ppl` → PerplexityConfig, `eval.passkey` → PasskeyConfig), so a recipe has the
-same keys and defaults as the CLI flags; unknown keys are refused with the nearest valid name.
-Dotted overrides (`--train.steps 50`) edit the loaded mapping before it is checked.
+Sections are the verbs' own config dataclasses (`extend` → ExtendConfig, `train` → TrainConfig,
+`eval.ppl` → PerplexityConfig, `eval.passkey` → PasskeyConfig), built when the recipe is loaded,
+so a recipe has the same keys and defaults as the CLI flags and every bad value (an unknown key,
+`extend.factor: -1`, `train.lr: -1`, a stride too large for a window) is refused in one line before
+any stage runs. Dotted overrides (`--train.steps 50`) edit the loaded mapping before it is built.
+The fields the pipeline sets per stage (model, out, rope, windows, ...) hold placeholders here.
 """
 
 from __future__ import annotations
@@ -11,54 +13,112 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from posinterp.cli import from_mapping
 from posinterp.errors import PosinterpError
+from posinterp.evals.passkey import PasskeyConfig
+from posinterp.evals.perplexity import PerplexityConfig
+from posinterp.extend import ExtendConfig
+from posinterp.train import TrainConfig
 
-ROWS = ("original", "extrapolation", "pi", "pi_ft", "nopi_ft", "yarn")
-"""Rows of the before/after table, in report order."""
+METHOD_TITLES = {"pi": "PI", "yarn": "YaRN", "ntk": "NTK-aware", "dynamic": "dynamic NTK", "none": "no PI"}
+"""Rope methods a row can use, as the report names them (`none`: RoPE unchanged)."""
+
+FINE_TUNED = {"pi_ft": "pi", "yarn_ft": "yarn", "ntk_ft": "ntk", "dynamic_ft": "dynamic", "nopi_ft": "none"}
+"""Equal-budget rows: `<method>_ft` → the rope method fine-tuned with the recipe's `train` settings."""
+
+ROWS = ("original", "extrapolation", "pi", "pi_ft", "yarn", "yarn_ft", "ntk", "ntk_ft", "dynamic", "dynamic_ft",
+        "nopi_ft")
+"""Rows of the before/after table; a recipe's `eval.rows` picks some, in its own order."""
+
+DEFAULT_ROWS = ("original", "extrapolation", "pi", "pi_ft", "nopi_ft", "yarn")
+"""Rows of a recipe that gives no `eval.rows`."""
+
+DEFAULT_WINDOWS = (2048, 8192, 16384)
+"""Perplexity windows (and passkey lengths) of a recipe that gives no `eval.windows`."""
+
 ROW_TITLES = {
     "original": "original model (window L)",
     "extrapolation": "plain extrapolation (no scaling)",
     "pi": "PI, 0 fine-tune steps",
     "pi_ft": "PI, fine-tuned",
-    "nopi_ft": "fine-tuned without PI (same steps, same data)",
     "yarn": "YaRN, no fine-tuning",
+    "yarn_ft": "YaRN, fine-tuned",
+    "ntk": "NTK-aware, no fine-tuning",
+    "ntk_ft": "NTK-aware, fine-tuned",
+    "dynamic": "dynamic NTK, no fine-tuning",
+    "dynamic_ft": "dynamic NTK, fine-tuned",
+    "nopi_ft": "fine-tuned without PI (same steps, same data)",
 }
+
+
+def fine_tune_dir(row: str) -> str:
+    """The run folder's subfolder a fine-tuned row writes (`pi_ft` → `pi-ft`, `nopi_ft` → `nopi-ft`);
+    its checkpoints and metrics.jsonl go beside it, in `<folder>-checkpoints` (TrainConfig's default)."""
+    return row.removesuffix("_ft") + "-ft"
+
+
+def zero_shot_row(row: str) -> str | None:
+    """The 0-step row of a fine-tuned row (`yarn_ft` → `yarn`); None for `nopi_ft` and 0-shot rows."""
+    method = FINE_TUNED.get(row)
+    return method if method in ROWS else None
+
+
+PIPELINE_SET = {
+    "extend": {"model": "the recipe's model", "out": "<out>/extended", "force": "run --force"},
+    "train": {"model": "each fine-tuned row's start", "out": "<out>/<method>-ft", "rope": "the eval.rows chosen",
+              "original_length": "extend.original_length", "checkpoint_dir": "<out>/<method>-ft-checkpoints",
+              "allow_beyond_window": "row nopi_ft when train.seq_len exceeds the window",
+              "resume": "run resumes always", "force": "run --force"},
+    "eval": {"model": "each row", "out": "<out>/eval/<row>", "rope": "the eval.rows chosen",
+             "original_length": "extend.original_length", "allow_beyond_window": "each row",
+             "windows": "eval.windows", "lengths": "eval.passkey_lengths", "force": "run --force"},
+}
+"""Fields of the sections' dataclasses that the pipeline sets per stage → where they come from."""
 
 
 @dataclass
 class EvalSection:
-    """Evaluation protocols shared by every row of the table."""
+    """Evaluation protocols shared by every row of the table (the recipe's `eval` keys)."""
 
-    windows: list = field(default_factory=lambda: [2048, 8192, 16384])
-    ppl: dict = field(default_factory=dict)
-    passkey: dict = field(default_factory=dict)
-    passkey_lengths: list | None = None
-    rows: list = field(default_factory=lambda: list(ROWS))
+    windows: list[int]
+    """Perplexity windows (default DEFAULT_WINDOWS); the original row keeps those up to L."""
+    ppl: PerplexityConfig
+    passkey: PasskeyConfig | None
+    """None (`passkey: null`): no passkey stages."""
+    passkey_lengths: list[int] | None
+    """Passkey prompt lengths (default: the windows)."""
+    rows: list[str]
+    """Rows of the table, in report order (default DEFAULT_ROWS; all: ROWS)."""
 
 
 @dataclass
 class Recipe:
-    """The whole pipeline; `extend`/`train` hold the verbs' own fields (model and out are set by run)."""
+    """The whole pipeline, its sections typed; model/out of each section are placeholders run replaces."""
 
     name: str
     model: str
     out: str
-    extend: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    eval: EvalSection = field(default_factory=EvalSection)
+    extend: ExtendConfig
+    train: TrainConfig
+    eval: EvalSection
     launch: dict = field(default_factory=dict)
     """Where it runs, for the dry-run estimate and the launch line: gpus, sharded, peak_tflops, mfu,
     accelerate_config."""
     notes: str = ""
+    given: dict = field(default_factory=dict)
+    """The resolved mapping as written (overrides applied): what the recipe set explicitly."""
 
 
-TOP_KEYS = [f.name for f in dataclasses.fields(Recipe)]
+TOP_KEYS = [f.name for f in dataclasses.fields(Recipe) if f.name != "given"]
 EVAL_KEYS = [f.name for f in dataclasses.fields(EvalSection)]
 
 
@@ -68,9 +128,16 @@ def _nearest(key: str, valid: list[str], where: str) -> PosinterpError:
     return PosinterpError(f"unknown key '{where}{key}'{hint}")
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def parse_value(text: str) -> Any:
-    """A command-line override value, read as YAML (numbers, booleans, lists)."""
-    return yaml.safe_load(text) if text != "" else ""
+    """A command-line override value, read as YAML (numbers, booleans, lists); `2e-4` is a number too
+    (YAML 1.1 reads an exponent without a dot as text)."""
+    if text == "":
+        return ""
+    value = yaml.safe_load(text)
+    return float(value) if isinstance(value, str) and _NUMBER.fullmatch(value) else value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -98,6 +165,127 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def _recipe_flags(message: str, cls: type, where: str) -> str:
+    """Name a dataclass's flags as recipe keys: `--seq-len` → `train.seq_len` (other text unchanged)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+
+    def key(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return f"{where}{name}" if name in names else m.group(0)
+
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", key, message)
+
+
+_KINDS = {int: (int,), float: (int, float), bool: (bool,)}
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def _check_kind(hints: dict, key: str, value: Any, where: str) -> None:
+    """Refuse a list for a count, a word for a rate, 2.5 for a step count: in one line, naming the key."""
+    tp, optional = hints.get(key), False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp, optional = (args[0] if len(args) == 1 else None), True
+    if value is None:
+        if not optional:
+            raise PosinterpError(f"{where}{key} is empty; give a value or remove the key for its default")
+        return
+    if tp not in _KINDS:
+        return
+    if isinstance(value, str) and tp is bool:  # quoted in the YAML: read as the CLI reads it
+        ok = value.lower() in _BOOL_WORDS
+    elif isinstance(value, str):
+        ok = _NUMBER.fullmatch(value) is not None and (tp is float or value.lstrip("+-").isdigit())
+    else:
+        ok = isinstance(value, _KINDS[tp]) and (tp is bool or not isinstance(value, bool))
+    if not ok:
+        kind = {int: "a whole number", float: "a number", bool: "true or false"}[tp]
+        raise PosinterpError(f"{where}{key} {value!r} must be {kind}")
+
+
+def section(cls: type, data: Any, where: str, pipeline: dict[str, str], placeholders: dict[str, Any]) -> Any:
+    """Build a recipe section as its verb's config dataclass, validated now; errors name the recipe key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PosinterpError(f"'{where.rstrip('.')}' must be a mapping of keys, got {data!r}")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key in pipeline:
+            raise PosinterpError(f"'{where}{key}' is set by the pipeline (from {pipeline[key]}); remove it from the "
+                                 "recipe")
+        if key in hints:
+            _check_kind(hints, key, value, where)
+    try:
+        return from_mapping(cls, {**data, **placeholders}, where)
+    except PosinterpError as err:
+        raise PosinterpError(_recipe_flags(str(err), cls, where)) from None
+    except (TypeError, ValueError) as err:
+        raise PosinterpError(f"'{where.rstrip('.')}': a value is of the wrong kind ({err})") from None
+
+
+def _token_counts(value: Any, key: str, minimum: int) -> list[int]:
+    items = value if isinstance(value, list | tuple) else str(value).replace(" ", "").split(",")
+    try:
+        if any(isinstance(v, bool | float) for v in items):
+            raise ValueError
+        counts = [int(v) for v in items if v != ""]
+    except (TypeError, ValueError):
+        raise PosinterpError(f"{key} {value!r} is not a list of token counts; e.g. {key}: [2048, 8192]") from None
+    if not counts or min(counts) < minimum:
+        raise PosinterpError(f"{key} {value!r}: give token counts of at least {minimum}, e.g. {key}: [2048, 8192]")
+    return counts
+
+
+def _eval_section(ev: Any, model: str) -> EvalSection:
+    if not isinstance(ev, dict):
+        raise PosinterpError(f"'eval' must be a mapping of keys, got {ev!r}")
+    for key in ev:
+        if key not in EVAL_KEYS:
+            raise _nearest(key, EVAL_KEYS, "eval.")
+    rows = ev.get("rows", list(DEFAULT_ROWS))
+    if not isinstance(rows, list) or not rows:
+        raise PosinterpError(f"eval.rows {rows!r} must be a non-empty list of rows: {', '.join(ROWS)}")
+    for row in rows:
+        if row not in ROWS:
+            raise _nearest(str(row), list(ROWS), "eval.rows: ")
+    if len(set(rows)) != len(rows):
+        raise PosinterpError(f"eval.rows {rows}: a row is listed twice")
+    windows = _token_counts(ev.get("windows", list(DEFAULT_WINDOWS)), "eval.windows", 2)
+    lengths = ev.get("passkey_lengths")
+    lengths = None if lengths is None else _token_counts(lengths, "eval.passkey_lengths", 1)
+    every = ",".join(map(str, sorted(set(windows))))
+    ppl = section(PerplexityConfig, ev.get("ppl"), "eval.ppl.", PIPELINE_SET["eval"],
+                  {"model": model, "windows": every})
+    passkey = None
+    if ev.get("passkey", {}) is not None:
+        passkey = section(PasskeyConfig, ev.get("passkey"), "eval.passkey.", PIPELINE_SET["eval"],
+                          {"model": model, "lengths": ",".join(map(str, lengths or windows))})
+    return EvalSection(windows=windows, ppl=ppl, passkey=passkey, passkey_lengths=lengths, rows=list(rows))
+
+
+def build(data: dict, where: str = "recipe") -> Recipe:
+    """A Recipe from a resolved mapping: every section typed and validated, nothing computed or written."""
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _nearest(key, TOP_KEYS, "")
+    for key in ("name", "model", "out"):
+        if not data.get(key):
+            raise PosinterpError(f"{where} needs '{key}'")
+    model, out = str(data["model"]), Path(str(data["out"]))
+    launch = data.get("launch") or {}
+    if not isinstance(launch, dict):
+        raise PosinterpError(f"'launch' must be a mapping of keys, got {launch!r}")
+    extend = section(ExtendConfig, data.get("extend"), "extend.", PIPELINE_SET["extend"],
+                     {"model": model, "out": out / "extended"})
+    train = section(TrainConfig, data.get("train"), "train.", PIPELINE_SET["train"],
+                    {"model": model, "out": out / "pi-ft"})
+    ev = _eval_section(data.get("eval") or {}, model)
+    return Recipe(name=str(data["name"]), model=model, out=str(out), extend=extend, train=train, eval=ev,
+                  launch=dict(launch), notes=str(data.get("notes") or ""), given=copy.deepcopy(data))
+
+
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
     """Read, override and check a recipe; returns (Recipe, the resolved mapping to save)."""
     path = Path(path)
@@ -110,31 +298,4 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[R
     if not isinstance(data, dict):
         raise PosinterpError(f"recipe {path} must be a mapping of sections")
     data = apply_overrides(data, overrides or [])
-    for key in data:
-        if key not in TOP_KEYS:
-            raise _nearest(key, TOP_KEYS, "")
-    for key in ("name", "model", "out"):
-        if not data.get(key):
-            raise PosinterpError(f"recipe {path} needs '{key}'")
-    ev = dict(data.get("eval") or {})
-    for key in ev:
-        if key not in EVAL_KEYS:
-            raise _nearest(key, EVAL_KEYS, "eval.")
-    for row in ev.get("rows", []):
-        if row not in ROWS:
-            raise _nearest(row, list(ROWS), "eval.rows: ")
-    recipe = Recipe(**{**data, "eval": EvalSection(**ev)})
-    # check every section against its verb's config dataclass now, before any work
-    from posinterp import extend as extend_mod
-    from posinterp.cli import check_keys
-
-    check_keys(extend_mod.ExtendConfig, recipe.extend, "extend.", skip=("model", "out"))
-    from posinterp import train as train_mod
-
-    check_keys(train_mod.TrainConfig, recipe.train, "train.", skip=("model", "out"))
-    from posinterp.evals import passkey as pk_mod
-    from posinterp.evals import perplexity as ppl_mod
-
-    check_keys(ppl_mod.PerplexityConfig, recipe.eval.ppl, "eval.ppl.", skip=("model", "out"))
-    check_keys(pk_mod.PasskeyConfig, recipe.eval.passkey, "eval.passkey.", skip=("model", "out"))
-    return recipe, data
+    return build(data, f"recipe {path}"), data

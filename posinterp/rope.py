@@ -166,6 +166,9 @@ def write_legacy_keys(config_dict: dict) -> dict:
     config_dict["rope_theta"] = params.get("rope_theta", config_dict.get("rope_theta", 10000.0))
     if params.get("rope_type", "default") == "default":
         config_dict["rope_scaling"] = None
+    elif params["rope_type"] in ("linear", "dynamic"):
+        # exactly {type, factor}: transformers 4.40–4.44 refuse any other key in rope_scaling for these
+        config_dict["rope_scaling"] = {"type": params["rope_type"], "factor": params["factor"]}
     else:
         legacy = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
         legacy["type"] = legacy["rope_type"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.errors import PosinterpError
+from posinterp.loss import IGNORE_INDEX  # label of positions left out of the loss; one home, in loss.py
 
 PROMPT_HEAD = "Read the following article and then summarize it.\n\n"
 PROMPT_TAIL = "\n\nNow summarize the above article.\nSummary:"
@@ -37,8 +38,6 @@ PROMPT = PROMPT_HEAD + "{document}" + PROMPT_TAIL
 """The paper's summarization prompt (arXiv 2306.15595, GovReport); `{document}` is the input."""
 SUMMARY_LEAD = " "
 """The summary follows "Summary:" after one space, as a writer would continue the line."""
-IGNORE_INDEX = -100
-"""Label of positions left out of the loss (transformers' and posinterp.loss's convention)."""
 SPLITS = ("train", "validation", "test", "all")
 SPLIT_FILE_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
@@ -404,6 +403,11 @@ class SummaryExamples:
                                      self.budget.max_summary_tokens))
             self.position += 1
         return out
+
+
+def scored_tokens(example: tuple[list[int], list[int]]) -> int:
+    """Tokens of an (ids, labels) example that the loss scores: labels after the first that are not ignored."""
+    return sum(1 for y in example[1][1:] if y != IGNORE_INDEX)
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[Any, Any]:

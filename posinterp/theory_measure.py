@@ -175,7 +175,7 @@ def collect_qk(model: Any, ids: list[int], positions: Any, head_dim: int) -> lis
     return [(captured[(i, "q")], captured[(i, "k")]) for i in range(len(attns))]
 
 
-def _text_ids(tokenizer: Any, data: str, split: str, tokens: int) -> tuple[list[int], list[str]]:
+def text_ids(tokenizer: Any, data: str, split: str, tokens: int) -> tuple[list[int], list[str]]:
     from posinterp.corpus import iter_documents
 
     ids: list[int] = []
@@ -207,10 +207,8 @@ def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
     started = time.perf_counter()
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
-    ref = models.dense(models.resolve(cfg.model))
-    config = models.load_config(ref)
-    models.check_rope(config)
-    L = models.original_window(config, cfg.original_length)
+    prep = models.prepare(cfg.model, original_length=cfg.original_length)
+    ref, config, L = models.dense(prep.ref), prep.config, prep.original_length
     length = int(cfg.length) if cfg.length is not None else int(round(cfg.factor * L))
     if length <= L:
         raise PosinterpError(f"--length {length} must exceed the trained window {L} (distances beyond L are the point); "
@@ -224,7 +222,7 @@ def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
                              "raise --step or lower --pairs")
 
     model, tokenizer = models.load_model(ref, dtype=torch.float32)[0], models.load_tokenizer(ref)
-    ids, doc_names = _text_ids(tokenizer, cfg.data, cfg.split, n_tokens)
+    ids, doc_names = text_ids(tokenizer, cfg.data, cfg.split, n_tokens)
     t_load = time.perf_counter() - started
 
     # sampled pairs: query m uniform in the text, key n uniform in [0, m]

@@ -37,29 +37,32 @@ from typing import Any
 
 from posinterp.cli import arg, as_config, to_dict
 from posinterp.errors import PosinterpError
+from posinterp.estimate import ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
+from posinterp.loss import DEFAULT_CHUNK
+from posinterp.machine import PRECISIONS
+from posinterp.models import ModelArgs
 
 log = logging.getLogger(__name__)
 
-ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 110
-"""Measured on SmolLM2 (bf16 autocast, SDPA, CPU): activations kept for backward ≈ 110 bytes per
-token, layer and hidden unit without checkpointing (9.8 GB peak vs 5.7 GB with it at 4096 tokens)."""
 
-IDENTITY = ("model", "rope", "original_length", "data", "split", "text_field", "seq_len", "seed", "shuffle_buffer",
+IDENTITY = ("model", "rope", "original_length", "allow_beyond_window", "data", "split", "text_field", "seq_len", "seed", "shuffle_buffer",
             "global_batch", "lr", "schedule", "warmup", "warmup_from", "min_lr_ratio", "beta1", "beta2",
             "weight_decay", "grad_clip", "precision", "lora", "lora_rank", "lora_alpha", "lora_targets",
             "lora_trainable", "task", "document_field", "summary_field", "max_input_tokens", "max_summary_tokens")
 """Settings a resumed run must share with its checkpoint (else it would not continue the same run)."""
 
 
-@dataclass
-class TrainConfig:
-    model: str = arg(help="model to fine-tune: an extended checkpoint (posinterp extend), HF folder, .gguf, "
-                          "cached hub id, or alias smollm2-135m", positional=True)
+@dataclass(kw_only=True)
+class TrainConfig(ModelArgs):
+    """The model flags (MODEL, --rope, --original-length, --device, --seed) come from `models.ModelArgs`:
+    --rope extends on the fly before training (e.g. pi:2; none: the model as is), --seed sets the data
+    order and any random init (LoRA), --device auto|cpu|cuda[:N] where a single process runs."""
+
     out: Path = arg(help="folder for the final fine-tuned checkpoint")
     task: str = arg("lm", help="lm: next-token loss on packed documents (the paper's fine-tune); summarize: "
                                "loss on the summary of (document, summary) pairs", choices=("lm", "summarize"))
     data: str | None = arg(None, help="training data: files, folder, glob, .jsonl/.parquet, datasets folder, or a "
-                                      "built-in corpus (gutenberg, pydoc); comma-separate to combine. With --task "
+                                      "built-in corpus (mix: books + Python source + docs, the Pile-like default of the recipes; gutenberg; pydoc; mix+site); comma-separate to combine. With --task "
                                       "summarize: pairs (.jsonl/.parquet/datasets folder, or the built-in smoke set "
                                       "pydoc-summaries). Default: gutenberg, or pydoc-summaries with --task summarize")
     split: str = arg("train", help="split of a built-in corpus (train never includes the held-out test books)",
@@ -71,6 +74,9 @@ class TrainConfig:
                                                   "--seq-len after the prompt and --max-summary-tokens)")
     max_summary_tokens: int = arg(512, help="--task summarize: summary tokens trained on (longer ones are cut)")
     seq_len: int | None = arg(None, help="tokens per packed sequence (default: the model's window)")
+    allow_beyond_window: bool = arg(False, help="train at a --seq-len beyond the model's window with its RoPE "
+                                                "unchanged (the paper's direct fine-tuning baseline); the "
+                                                "written checkpoint's window is raised to --seq-len")
     steps: int = arg(1000, help="optimizer steps (paper: 1000)")
     batch_size: int = arg(1, help="sequences per process per micro-step")
     grad_accum: int = arg(1, help="micro-steps per optimizer step; global batch = batch-size × grad-accum × processes")
@@ -83,17 +89,15 @@ class TrainConfig:
     beta2: float = arg(0.95, help="AdamW β2 (paper: 0.95)")
     weight_decay: float = arg(0.0, help="AdamW weight decay (paper: 0)")
     grad_clip: float = arg(1.0, help="clip the global gradient norm to this (0 = no clipping)")
-    precision: str = arg("bf16", help="bf16: autocast over fp32 master weights; fp32: everything in fp32",
-                         choices=("bf16", "fp32"))
+    precision: str = arg("auto", help="auto: bf16 on a GPU that has it (else fp16, loss-scaled) and on a CPU where "
+                                      "bf16 is measured to be fast, else fp32; bf16/fp16: autocast over fp32 master "
+                                      "weights; fp32: everything in fp32", choices=PRECISIONS)
     checkpointing: str = arg("auto", help="activation checkpointing: on, off, or auto (on when activations would "
                                           "not fit in half the free memory)", choices=("auto", "on", "off"))
     attn: str = arg("auto", help="attention kernel: auto (flash_attention_2 on a GPU when installed, else sdpa)",
                     choices=("auto", "sdpa", "flash_attention_2", "eager"))
-    loss_chunk: int = arg(2048, help="tokens per chunk of the lm_head + cross-entropy (never the full logits)")
-    seed: int = arg(0, help="seed for the data order and any random init (LoRA)")
+    loss_chunk: int = arg(DEFAULT_CHUNK, help="tokens per chunk of the lm_head + cross-entropy (never the full logits)")
     shuffle_buffer: int = arg(1000, help="sequences in the shuffle buffer (1 = corpus order)")
-    rope: str | None = arg(None, help="extend on the fly before training, e.g. pi:2 (default: use the model as is)")
-    original_length: int | None = arg(None, help="with --rope: window the model was trained at (default: its config)")
     lora: bool = arg(False, help="train LoRA adapters on attention (plus --lora-trainable), merged into --out")
     lora_rank: int = arg(8, help="LoRA rank")
     lora_alpha: float = arg(16.0, help="LoRA alpha (scale = alpha / rank)")
@@ -107,8 +111,17 @@ class TrainConfig:
     resume: bool = arg(False, help="continue from the newest complete checkpoint in --checkpoint-dir")
     tensorboard: bool = arg(True, help="write TensorBoard logs beside metrics.jsonl")
     force: bool = arg(False, help="replace a non-empty --out and discard earlier checkpoints of this run")
+    eval_every: int = arg(0, help="evaluate at step 0 and every N steps (passkey and held-out perplexity, logged "
+                                  "to metrics.jsonl and TensorBoard; the training RNG and data order are untouched); "
+                                  "0 = never")
+    eval_lengths: str = arg("", help="--eval-every: passkey prompt lengths, e.g. 2048,8192 (default: --seq-len)")
+    eval_trials: int = arg(2, help="--eval-every: passkey trials per length (keys spread over depths)")
+    eval_ppl_data: str = arg("gutenberg", help="--eval-every: held-out perplexity text (its test split; "
+                                               "empty for none)")
+    eval_ppl_tokens: int = arg(8192, help="--eval-every: tokens of held-out text scored, in windows of --seq-len")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.data is None:
             from posinterp.sft import BUILTIN_NAME
 
@@ -140,10 +153,13 @@ class TrainConfig:
                 raise PosinterpError(f"--{name} {getattr(self, name)} must be within [0, 1)")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise PosinterpError("--weight-decay and --grad-clip must not be negative")
-        if self.rope is not None:
-            from posinterp.rope import parse_rope
+        if self.eval_every < 0 or self.eval_trials < 1 or self.eval_ppl_tokens < 2:
+            raise PosinterpError(f"--eval-every {self.eval_every} must not be negative, --eval-trials "
+                                 f"{self.eval_trials} at least 1, --eval-ppl-tokens {self.eval_ppl_tokens} at least 2")
+        if self.eval_lengths:
+            from posinterp.evals.common import parse_lengths
 
-            parse_rope(self.rope)
+            parse_lengths(self.eval_lengths, "--eval-lengths")
         if self.out.resolve() == self.checkpoint_dir.resolve():
             raise PosinterpError(f"--checkpoint-dir {self.checkpoint_dir} must differ from --out")
 
@@ -215,9 +231,8 @@ def build_model(cfg: TrainConfig, source: Any, resume_dir: Path | None, attn: st
     import torch
 
     from posinterp import models
-    from posinterp.rope import parse_rope
 
-    spec = parse_rope(cfg.rope) if cfg.rope else None
+    spec = cfg.rope_spec if cfg.rope_spec.method != "none" else None
     if resume_dir is not None and not cfg.lora:
         ref = models.ModelRef(str(resume_dir), Path(resume_dir))
         lm, info = models.load_model(ref, dtype=torch.float32, attn_implementation=attn)
@@ -348,7 +363,12 @@ class _Metrics:
             return
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if self.writer is not None:
+        if self.writer is not None and row.get("kind") == "eval":
+            for length, accuracy in row.get("passkey", {}).items():
+                self.writer.add_scalar(f"eval/passkey_{length}", accuracy, row["step"])
+            if row.get("ppl") is not None:
+                self.writer.add_scalar("eval/ppl", row["ppl"], row["step"])
+        elif self.writer is not None:
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_gb"):
                 value = row.get(key)
                 if isinstance(value, int | float) and math.isfinite(value):
@@ -386,6 +406,11 @@ class _Interrupt:
 
 
 def _check_resume(saved: dict, settings: dict, folder: Path) -> None:
+    saved = {**saved, "rope": saved.get("rope") or "none"}  # checkpoints before 0.2 wrote None for no --rope
+    if saved.get("threads") not in (None, settings.get("threads")):
+        log.warning("warning: checkpoint %s was trained with %s threads, this run has %s: the continuation is "
+                    "not bit-identical to an uninterrupted run (set OMP_NUM_THREADS=%s for that)", folder,
+                    saved["threads"], settings.get("threads"), saved["threads"])
     for key in IDENTITY:
         if key in saved and saved[key] != settings.get(key):
             flag = "--batch-size/--grad-accum/processes" if key == "global_batch" else f"--{key.replace('_', '-')}"
@@ -393,109 +418,120 @@ def _check_resume(saved: dict, settings: dict, folder: Path) -> None:
                                  f"{saved[key]!r}; resume with the same value, or start over with --force")
 
 
-def _clear_run(folder: Path) -> None:
-    import shutil
+# -- the verb, in stages ---------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What `train` will do, resolved and checked before any weights load."""
 
-    from posinterp.checkpoint import _NAME
-
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        if _NAME.match(path.name) or path.name.startswith(".step-"):
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.name == "tensorboard":
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.name == "metrics.jsonl":
-            path.unlink()
+    source: Any
+    config: Any
+    seq_len: int
+    model_window: int
+    resume_dir: Path | None
+    data_description: str
+    pairs: list | None = None
+    budget: Any = None
 
 
-# -- the verb --------------------------------------------------------------------------------------
-def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
-    """Fine-tune and write the final checkpoint to `cfg.out`; returns its path.
-
-    `train(TrainConfig(...))` or `train("runs/smollm2-16k", out="runs/ft", seq_len=4096, steps=30)`.
-    """
-    cfg = as_config(TrainConfig, cfg, kwargs)
-    import numpy as np
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType
-
+def plan(cfg: TrainConfig) -> Plan:
+    """Everything that can be refused, refused before any weights load: model, window, checkpoints, data."""
     from posinterp import checkpoint, models, sft
     from posinterp.atomic import check_out
     from posinterp.corpus import describe
-    from posinterp.data import PackedSequences, shard
-    from posinterp.export import read_provenance, save_checkpoint
-    from posinterp.rope import configure, parse_rope, rope_parameters, window
-    from posinterp.versions import versions
 
-    # ---- everything that can be refused is refused before any weights load ----
     check_out(cfg.out, cfg.force)
-    source = models.resolve(cfg.model)
-    config = models.load_config(source)
-    models.check_rope(config)
-    if cfg.rope:
-        configure(config, parse_rope(cfg.rope), models.original_window(config, cfg.original_length))
-    model_window = window(config)
+    prep = models.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
+    source, config, model_window = prep.ref, prep.config, prep.window
     seq_len = int(cfg.seq_len or model_window)
-    if seq_len > model_window:
+    if seq_len > model_window and not cfg.allow_beyond_window:
         raise PosinterpError(f"--seq-len {seq_len} exceeds the model's window {model_window}; extend it first "
-                             f"(posinterp extend --target-length {seq_len}) or pass --rope pi:S, or lower --seq-len")
+                             f"(posinterp extend --target-length {seq_len}) or pass --rope pi:S, or lower --seq-len "
+                             "(or --allow-beyond-window for direct fine-tuning with RoPE unchanged)")
     resume_dir = checkpoint.latest(cfg.checkpoint_dir) if cfg.resume else None
-    if not cfg.resume and checkpoint.scan(cfg.checkpoint_dir)[0]:
-        if not cfg.force:
-            raise PosinterpError(f"--checkpoint-dir {cfg.checkpoint_dir} already holds checkpoints of a run; "
-                                 "pass --resume to continue it or --force to start over")
-    summarize = cfg.task == "summarize"
-    if summarize:  # the pairs and the token budget are checked before any weights load
+    if not cfg.resume and checkpoint.scan(cfg.checkpoint_dir)[0] and not cfg.force:
+        raise PosinterpError(f"--checkpoint-dir {cfg.checkpoint_dir} already holds checkpoints of a run; "
+                             "pass --resume to continue it or --force to start over")
+    if cfg.task == "summarize":  # the pairs and the token budget are checked before any weights load
         pairs = sft.load_pairs(cfg.data, split=cfg.split, document_field=cfg.document_field,
                                summary_field=cfg.summary_field)
         budget = sft.fit_budget(models.load_tokenizer(source), seq_len, max_summary_tokens=cfg.max_summary_tokens,
                                 max_input_tokens=cfg.max_input_tokens, window_flag="--seq-len")
-    describe_data = sft.describe_pairs(cfg.data, cfg.split) if summarize else describe(cfg.data, cfg.split)
+        return Plan(source, config, seq_len, model_window, resume_dir, sft.describe_pairs(cfg.data, cfg.split),
+                    pairs, budget)
+    from posinterp import corpus
 
-    cpu = not torch.cuda.is_available()
+    corpus.check(cfg.data, split=cfg.split, text_field=cfg.text_field)  # damaged files: refused before loading
+    return Plan(source, config, seq_len, model_window, resume_dir, describe(cfg.data, cfg.split))
+
+
+def setup_accelerator(cfg: TrainConfig) -> tuple[Any, Any]:
+    """(accelerator, precision choice): `auto` resolved for the device, refusals of unsupported launches."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    from posinterp.machine import announce, choose_precision, set_threads
+    from posinterp.models import pick_device
+
+    device = pick_device(cfg.device)  # a GPU asked for and absent is refused here
+    cpu = device == "cpu"
+    if cpu:
+        set_threads()
+    elif ":" in device and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(int(device.split(":")[1]))  # one process: the GPU asked for
+    precision = choose_precision(cfg.precision, device)
     if not torch.distributed.is_initialized():
         # a second train() in the same process (a recipe, tests) may change the precision
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(True)
-    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if cfg.precision == "bf16" else "no")
-    main = accelerator.is_main_process
-    if not main:
+    accelerator = Accelerator(cpu=cpu, mixed_precision={"bf16": "bf16", "fp16": "fp16"}.get(precision.name, "no"))
+    if accelerator.is_main_process:
+        announce(precision)
+    else:
         log.setLevel(logging.WARNING)
-    if cfg.force and not cfg.resume and main:
-        _clear_run(cfg.checkpoint_dir)
-    accelerator.wait_for_everyone()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    distributed, fallback = _distributed_note(accelerator)
-    if fallback and main:
-        log.warning("warning: %s", fallback)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         # DeepSpeed's engine takes the optimizer step inside backward(), before a non-finite loss or
         # gradient could be caught, and keeps its own partitioned optimizer state
         raise PosinterpError("DeepSpeed is not supported by posinterp train (its engine steps inside backward, "
                              "before the non-finite check); launch with recipes/accelerate/fsdp.yaml or ddp.yaml")
-    if cfg.lora and accelerator.distributed_type == DistributedType.FSDP:
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if cfg.lora and fsdp:
         raise PosinterpError("--lora runs with DDP or a single process; use recipes/accelerate/ddp.yaml "
                              f"(got {accelerator.distributed_type})")
-    if resume_dir is None and cfg.resume:
-        log.info("--resume: no complete checkpoint in %s; starting at step 0", cfg.checkpoint_dir)
+    if cfg.eval_every and fsdp:
+        raise PosinterpError("--eval-every needs the whole model on one process; use DDP "
+                             "(recipes/accelerate/ddp.yaml) or evaluate the saved checkpoints afterwards")
+    return accelerator, precision
 
-    # ---- model, optimizer, schedule ----
+
+def setup_model(cfg: TrainConfig, p: Plan, accelerator: Any) -> tuple[Any, Any, dict]:
+    """(loss module, tokenizer, facts for the settings): weights, LoRA, activation checkpointing, attention."""
+    import torch
+
     torch.manual_seed(cfg.seed)  # LoRA init; identical on every process
     attn = resolve_attn(cfg.attn, accelerator.device)
-    lm, tokenizer, rope_info = build_model(cfg, source, resume_dir, attn)
+    lm, tokenizer, rope_info = build_model(cfg, p.source, p.resume_dir, attn)
     hf = _hf_model(lm)
     if rope_info and rope_info.get("composed_with"):
         log.info("note: the model already uses linear scaling ×%g; --rope %s multiplies it to ×%g",
                  rope_info["composed_with"], cfg.rope, rope_info["total_factor"])
-    ckpt_on, ckpt_why = resolve_checkpointing(cfg.checkpointing, hf.config, cfg.batch_size * seq_len,
+    ckpt_on, ckpt_why = resolve_checkpointing(cfg.checkpointing, hf.config, cfg.batch_size * p.seq_len,
                                               accelerator.device)
     if ckpt_on:
         hf.activation_checkpointing_enable()
-    module = _loss_module(lm, cfg.loss_chunk)
+    if p.seq_len > p.model_window:  # --allow-beyond-window: direct fine-tuning raises the window, RoPE kept
+        hf.config.max_position_embeddings = p.seq_len
+    facts = {"rope_info": rope_info, "activation_checkpointing": ckpt_on, "activation_checkpointing_why": ckpt_why,
+             "attn": attn}
+    return _loss_module(lm, cfg.loss_chunk), tokenizer, facts
+
+
+def setup_optimizer(cfg: TrainConfig, module: Any, accelerator: Any) -> tuple[Any, Any, Any, list]:
+    """(module, optimizer, scheduler, trainable params), prepared by accelerate: AdamW and the paper's schedule."""
+    import torch
+    from accelerate.utils import DistributedType
+
     params = [p for p in module.parameters() if p.requires_grad]
     # fused AdamW: one kernel for all parameters (CPU and CUDA); sharded (DTensor) params keep the default
     fused = accelerator.device.type in ("cpu", "cuda") and accelerator.distributed_type != DistributedType.FSDP
@@ -505,118 +541,179 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
         optimizer, Schedule(cfg.warmup, cfg.warmup_from, cfg.schedule, cfg.steps, cfg.min_lr_ratio))
     module, optimizer = accelerator.prepare(module, optimizer)
     params = [p for p in module.parameters() if p.requires_grad]  # FSDP2 replaces them with sharded ones
+    return module, optimizer, scheduler, params
 
-    settings = {**to_dict(cfg), "seq_len": seq_len, "global_batch": global_batch, "processes": world,
-                "tokens_per_step": None if summarize else global_batch * seq_len,  # summarize: examples vary
-                "distributed": distributed, "distributed_note": fallback,
-                "activation_checkpointing": ckpt_on, "activation_checkpointing_why": ckpt_why, "attn": attn,
-                "model_window": model_window, "rope_parameters": rope_parameters(hf.config),
-                "trainable_parameters": sum(p.numel() for p in params),
-                "data_description": describe_data, "versions": versions()}
-    settings["checkpoint_dir"] = str(cfg.checkpoint_dir)
+
+def setup_data(cfg: TrainConfig, p: Plan, tokenizer: Any, state: dict | None) -> Any:
+    """The batch stream, positioned where a resumed run left it."""
+    from posinterp import sft
+    from posinterp.data import PackedSequences
+
+    if cfg.task == "summarize":
+        log.info("summarize: %d pairs of %s; documents cut to %d tokens, summaries to %d", len(p.pairs),
+                 p.data_description, p.budget.max_input_tokens, p.budget.max_summary_tokens)
+        return sft.SummaryExamples(tokenizer, p.pairs, p.budget, seed=cfg.seed, state=state)
+    return PackedSequences.from_corpus(cfg.data, tokenizer, p.seq_len, split=cfg.split, text_field=cfg.text_field,
+                                       seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, state=state)
+
+
+def micro_batches(cfg: TrainConfig, everyone: list, rank: int, world: int, pad_id: int | None) -> tuple[list, int, int]:
+    """(this process's micro-batches as (ids, labels|None, weight), step tokens, scored tokens of the global batch).
+
+    Each micro-batch's mean loss is weighted by its share of the global batch's scored tokens (× processes,
+    since DDP averages gradients over them), so the loss and gradient do not depend on how the global batch
+    is split into processes and micro-batches. Packed lm sequences all score seq_len − 1 tokens: the
+    weight is 1 / grad_accum.
+    """
+    import numpy as np
+    import torch
+
+    from posinterp import sft
+    from posinterp.data import shard
+
+    mine = shard(everyone, rank, world)  # this process's sequences
+    if cfg.task != "summarize":
+        batch = torch.from_numpy(np.stack(mine).astype(np.int64))  # (B·accum, T)
+        tokens = len(everyone) * len(everyone[0])
+        return [(batch[i:i + cfg.batch_size], None, 1.0 / cfg.grad_accum)
+                for i in range(0, len(mine), cfg.batch_size)], tokens, tokens
+    scored = sum(sft.scored_tokens(example) for example in everyone)
+    out = []
+    for i in range(0, len(mine), cfg.batch_size):
+        chunk = mine[i:i + cfg.batch_size]
+        ids, labels = sft.collate(chunk, pad_id)
+        out.append((ids, labels, world * sum(sft.scored_tokens(e) for e in chunk) / max(1, scored)))
+    return out, sum(len(ids) for ids, _ in everyone), scored
+
+
+def check_finite(loss_value: float, norm: Any, step: int, lr: float, cfg: TrainConfig, metrics: Any,
+                 scaled: bool) -> None:
+    """Stop before the optimizer step on a non-finite loss or gradient (a loss-scaled fp16 step skips itself)."""
+    import math
+
+    from posinterp import checkpoint
+
+    grad_norm = float(norm) if norm is not None else float("nan")
+    bad_grad = norm is not None and not math.isfinite(grad_norm) and not scaled
+    if math.isfinite(loss_value) and not bad_grad:
+        return
+    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+    value = loss_value if what == "loss" else grad_norm
+    metrics.write({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": lr, "error": f"non-finite {what}"})
+    try:
+        good = checkpoint.latest(cfg.checkpoint_dir)
+    except PosinterpError as err:
+        good = f"none usable ({err})"
+    raise PosinterpError(
+        f"non-finite {what} ({value}) at step {step}: stopped before the optimizer step, no weights "
+        f"were changed; last good checkpoint: {good or 'none'}; lower --lr (now {cfg.lr:g}) or check "
+        f"the data, then continue with --resume")
+
+
+def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
+    """Fine-tune and write the final checkpoint to `cfg.out`; returns its path.
+
+    `train(TrainConfig(...))` or `train("runs/smollm2-16k", out="runs/ft", seq_len=4096, steps=30)`.
+    """
+    cfg = as_config(TrainConfig, cfg, kwargs)
+    import torch
+
+    from posinterp import checkpoint, corpus
+    from posinterp.evals import during
+    from posinterp.export import read_provenance
+
+    p = plan(cfg)
+    accelerator, precision = setup_accelerator(cfg)
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    if cfg.force and not cfg.resume and main:
+        checkpoint.clear_run(cfg.checkpoint_dir)
+    accelerator.wait_for_everyone()
+    if p.resume_dir is None and cfg.resume:
+        log.info("--resume: no complete checkpoint in %s; starting at step 0", cfg.checkpoint_dir)
+    module, tokenizer, facts = setup_model(cfg, p, accelerator)
+    module, optimizer, scheduler, params = setup_optimizer(cfg, module, accelerator)
+    settings = _settings(cfg, p, accelerator, precision, facts, module, params)
     start, tokens_done, data_state, resumed_from = 0, 0, None, None
-    if resume_dir is not None:
-        _check_resume(checkpoint.read_settings(resume_dir), settings, resume_dir)
-        state = checkpoint.restore(resume_dir, accelerator=accelerator, model=module, optimizer=optimizer,
+    if p.resume_dir is not None:
+        _check_resume(checkpoint.read_settings(p.resume_dir), settings, p.resume_dir)
+        state = checkpoint.restore(p.resume_dir, accelerator=accelerator, model=module, optimizer=optimizer,
                                    scheduler=scheduler)
         start, tokens_done, data_state = int(state["step"]), int(state["tokens"]), state["data"]
-        resumed_from = str(resume_dir)
-        log.info("resuming from %s (step %d)", resume_dir, start)
-    if summarize:
-        stream = sft.SummaryExamples(tokenizer, pairs, budget, seed=cfg.seed, state=data_state)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        log.info("summarize: %d pairs of %s; documents cut to %d tokens, summaries to %d", len(pairs), describe_data,
-                 budget.max_input_tokens, budget.max_summary_tokens)
-    else:
-        stream = PackedSequences.from_corpus(cfg.data, tokenizer, seq_len, split=cfg.split,
-                                             text_field=cfg.text_field, seed=cfg.seed,
-                                             shuffle_buffer=cfg.shuffle_buffer, state=data_state)
-
-    parent = read_provenance(source.folder)
-    provenance = _provenance(cfg, source, parent, rope_info, hf.config)
-    log.info("training %s: %s, %d steps × %d sequences × %d tokens (global batch %d = %d × %d × %d processes), "
-             "lr %g %s, precision %s, activation checkpointing %s (%s), attention %s, %d trainable parameters",
-             cfg.model, distributed, cfg.steps, global_batch, seq_len, global_batch, cfg.batch_size, cfg.grad_accum,
-             world, cfg.lr, cfg.schedule, cfg.precision, "on" if ckpt_on else "off", ckpt_why, attn,
-             settings["trainable_parameters"])
-
+        resumed_from = str(p.resume_dir)
+        log.info("resuming from %s (step %d)", p.resume_dir, start)
+    if cfg.task == "lm" and cfg.data in corpus.BUILTIN and main:
+        log.info("data composition: %s", corpus.format_composition(corpus.composition(cfg.data, cfg.split, tokenizer)))
+    stream = setup_data(cfg, p, tokenizer, data_state)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    provenance = _provenance(cfg, p.source, read_provenance(p.source.folder), facts["rope_info"],
+                             _hf_model(accelerator.unwrap_model(module).lm).config)
+    _log_start(cfg, settings)
     metrics = _Metrics(cfg.checkpoint_dir, start, main, cfg.tensorboard)
     if main:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    probe = during.Probe.build(cfg, tokenizer, p.seq_len) if cfg.eval_every and main else None
 
     def save(step: int, loss_value: float | None) -> Path:
         state = {"step": step, "tokens": tokens_done, "data": stream.state(), "loss": loss_value,
                  "processes": world, "resumed_from": resumed_from}
-        unwrapped = accelerator.unwrap_model(module).lm
-        return checkpoint.save(cfg.checkpoint_dir, step, accelerator=accelerator, model=module, lm=unwrapped,
-                               tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, state=state,
-                               settings=settings, provenance={**provenance, "checkpoint_step": step}, lora=cfg.lora,
-                               keep=cfg.keep)
+        return checkpoint.save(cfg.checkpoint_dir, step, accelerator=accelerator, model=module,
+                               lm=accelerator.unwrap_model(module).lm, tokenizer=tokenizer, optimizer=optimizer,
+                               scheduler=scheduler, state=state, settings=settings,
+                               provenance={**provenance, "checkpoint_step": step}, lora=cfg.lora, keep=cfg.keep)
+
+    def evaluate(step: int) -> None:  # --eval-every: on the main process, RNG and data untouched
+        if probe is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            metrics.write(probe.run(_hf_model(accelerator.unwrap_model(module).lm), step, tokens_done,
+                                    precision.name, accelerator.device))
+        accelerator.wait_for_everyone()
 
     from tqdm import tqdm
 
-    last_saved = start if resume_dir is not None else None
     losses: list[float] = []
     t_run = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start, disable=not main, unit="step", dynamic_ncols=True,
-               desc=f"train {seq_len} tok")
+               desc=f"train {p.seq_len} tok")
     interrupted_at = None
     try:
         with _Interrupt() as interrupt:
+            if start == 0:
+                evaluate(0)
             for step in range(start + 1, cfg.steps + 1):
                 t0 = time.perf_counter()
-                everyone = stream.take(global_batch)
-                mine = shard(everyone, rank, world)  # this process's sequences
-                if summarize:
-                    step_tokens = sum(len(ids) for ids, _ in everyone)
-                    micro_batches = [sft.collate(mine[i:i + cfg.batch_size], pad_id)
-                                     for i in range(0, len(mine), cfg.batch_size)]
-                else:
-                    step_tokens = global_batch * seq_len
-                    batch = torch.from_numpy(np.stack(mine).astype(np.int64))
-                    micro_batches = [(batch[i:i + cfg.batch_size], None) for i in range(0, len(mine), cfg.batch_size)]
+                batches, step_tokens, _ = micro_batches(cfg, stream.take(settings["global_batch"]), rank, world,
+                                                        pad_id)
                 total = torch.zeros((), device=accelerator.device)
-                for micro, (ids, labels) in enumerate(micro_batches):  # ids, labels: (B, T)
+                for micro, (ids, labels, weight) in enumerate(batches):  # ids, labels: (B, T)
                     ids = ids.to(accelerator.device)
                     labels = labels.to(accelerator.device) if labels is not None else None
-                    sync = micro == cfg.grad_accum - 1
-                    ctx = accelerator.no_sync(module) if not sync else _nullcontext()
-                    with ctx:
-                        loss = module(ids, labels) / cfg.grad_accum
+                    with accelerator.no_sync(module) if micro < len(batches) - 1 else _nullcontext():
+                        loss = module(ids, labels) * weight
                         accelerator.backward(loss)
                     total += loss.detach().float()
-                loss_value = float(accelerator.reduce(total, reduction="mean"))
+                loss_value = float(accelerator.reduce(total, reduction="mean" if cfg.task != "summarize" else "sum"))
+                if cfg.task == "summarize":
+                    loss_value /= world
                 norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                grad_norm = float(norm) if norm is not None else float("nan")
                 lr = scheduler.get_last_lr()[0]
-                if not math.isfinite(loss_value) or (norm is not None and not math.isfinite(grad_norm)):
-                    what = "loss" if not math.isfinite(loss_value) else "gradient norm"
-                    value = loss_value if what == "loss" else grad_norm
-                    metrics.write({"step": step, "loss": loss_value, "grad_norm": grad_norm, "lr": lr,
-                                   "error": f"non-finite {what}"})
-                    good = checkpoint.latest(cfg.checkpoint_dir)
-                    raise PosinterpError(
-                        f"non-finite {what} ({value}) at step {step}: stopped before the optimizer step, no weights "
-                        f"were changed; last good checkpoint: {good or 'none'}; lower --lr (now {cfg.lr:g}) or check "
-                        f"the data, then continue with --resume")
+                check_finite(loss_value, norm, step, lr, cfg, metrics, scaled=precision.name == "fp16")
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 tokens_done += step_tokens
                 losses.append(loss_value)
                 dt = time.perf_counter() - t0
-                row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                       "tokens": tokens_done, "tokens_per_s": step_tokens / dt, "step_s": dt,
+                row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(norm) if norm is not None
+                       else float("nan"), "tokens": tokens_done, "tokens_per_s": step_tokens / dt, "step_s": dt,
                        "elapsed_s": time.perf_counter() - t_run, "epoch": stream.epoch,
                        "peak_mem_gb": _peak_memory_gb(accelerator.device)}
                 metrics.write(row)
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
                 bar.update(1)
+                evaluate(step)
                 stop = torch.tensor(float(interrupt.hit), device=accelerator.device)
                 stop = float(accelerator.reduce(stop, reduction="sum")) > 0  # every process stops at the same step
                 if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
                     path = save(step, loss_value)
-                    last_saved = step
                     if main:
                         bar.write(f"saved {path}")
                 if stop:
@@ -629,36 +726,67 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
         log.warning("interrupted after step %d; checkpoint saved in %s; continue with --resume",
                     interrupted_at, cfg.checkpoint_dir)
         raise KeyboardInterrupt
-    if last_saved != cfg.steps and start < cfg.steps:  # pragma: no cover - the loop saves its last step
-        save(cfg.steps, losses[-1] if losses else None)
-
-    # ---- the final checkpoint, as `extend` writes it ----
-    wall = time.perf_counter() - t_run
-    summary = {"steps": cfg.steps, "steps_this_run": cfg.steps - start, "resumed_from": resumed_from,
-               "seq_len": seq_len, "global_batch": global_batch, "tokens": tokens_done,
-               "task": cfg.task, "data": describe_data, "seed": cfg.seed, "lr": cfg.lr, "schedule": cfg.schedule,
-               "warmup": cfg.warmup, "precision": cfg.precision, "processes": world, "distributed": distributed,
-               "distributed_note": fallback, "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha,
-                                                      "targets": cfg.lora_targets,
-                                                      "trainable": cfg.lora_trainable} if cfg.lora else None,
-               "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-               "wall_s_this_run": round(wall, 1), "checkpoint_dir": str(cfg.checkpoint_dir)}
-    full = None
-    if accelerator.distributed_type == DistributedType.FSDP:
-        full = {k.removeprefix("lm."): v for k, v in accelerator.get_state_dict(module).items()}
+    summary = _summary(cfg, settings, start, resumed_from, tokens_done, losses, time.perf_counter() - t_run)
+    checkpoint.save_final(cfg.out, accelerator=accelerator, model=module, tokenizer=tokenizer, lora=cfg.lora,
+                          provenance={**provenance, "training": summary}, force=cfg.force,
+                          extra_files={"settings.json": settings})
     if main:
-        final = accelerator.unwrap_model(module).lm
-        if cfg.lora:
-            final = final.merge_and_unload()
-        if full is not None:
-            final = checkpoint._WithStateDict(final, full)
-        save_checkpoint(final, tokenizer, cfg.out, {**provenance, "training": summary}, force=cfg.force,
-                        extra_files={"settings.json": settings})
         log.info("wrote %s: %d steps, loss %s → %s", cfg.out, cfg.steps,
                  f"{losses[0]:.4f}" if losses else "-", f"{losses[-1]:.4f}" if losses else "-")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return cfg.out
+
+
+def _settings(cfg: TrainConfig, p: Plan, accelerator: Any, precision: Any, facts: dict, module: Any,
+              params: list) -> dict:
+    """settings.json: the resolved run (what a resume must match, and what the report quotes)."""
+    import torch
+
+    from posinterp.rope import rope_parameters
+    from posinterp.versions import versions
+
+    world = accelerator.num_processes
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    distributed, fallback = _distributed_note(accelerator)
+    if fallback and accelerator.is_main_process:
+        log.warning("warning: %s", fallback)
+    hf = _hf_model(accelerator.unwrap_model(module).lm)
+    return {**to_dict(cfg), "seq_len": p.seq_len, "global_batch": global_batch, "processes": world,
+            "precision": precision.name, "precision_why": precision.reason, "threads": torch.get_num_threads(),
+            "tokens_per_step": None if cfg.task == "summarize" else global_batch * p.seq_len,  # summarize: varies
+            "distributed": distributed, "distributed_note": fallback,
+            "activation_checkpointing": facts["activation_checkpointing"],
+            "activation_checkpointing_why": facts["activation_checkpointing_why"], "attn": facts["attn"],
+            "model_window": p.model_window, "rope_parameters": rope_parameters(hf.config),
+            "trainable_parameters": sum(x.numel() for x in params),
+            "data_description": p.data_description, "versions": versions(),
+            "checkpoint_dir": str(cfg.checkpoint_dir)}
+
+
+def _log_start(cfg: TrainConfig, s: dict) -> None:
+    log.info("training %s: %s, %d steps × %d sequences × %d tokens (global batch %d = %d × %d × %d processes), "
+             "lr %g %s, precision %s, activation checkpointing %s (%s), attention %s, %d trainable parameters; "
+             "data %s", cfg.model, s["distributed"], cfg.steps, s["global_batch"], s["seq_len"], s["global_batch"],
+             cfg.batch_size, cfg.grad_accum, s["processes"], cfg.lr, cfg.schedule, s["precision"],
+             "on" if s["activation_checkpointing"] else "off", s["activation_checkpointing_why"], s["attn"],
+             s["trainable_parameters"], s["data_description"])
+
+
+def _summary(cfg: TrainConfig, s: dict, start: int, resumed_from: str | None, tokens: int, losses: list[float],
+             wall: float) -> dict:
+    """The `training` entry of the final checkpoint's posinterp.json."""
+    return {"steps": cfg.steps, "steps_this_run": cfg.steps - start, "resumed_from": resumed_from,
+            "seq_len": s["seq_len"], "global_batch": s["global_batch"], "tokens": tokens,
+            "task": cfg.task, "data": s["data_description"], "seed": cfg.seed, "lr": cfg.lr, "schedule": cfg.schedule,
+            "warmup": cfg.warmup, "precision": s["precision"], "precision_why": s["precision_why"],
+            "processes": s["processes"], "distributed": s["distributed"], "distributed_note": s["distributed_note"],
+            "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets,
+                     "trainable": cfg.lora_trainable} if cfg.lora else None,
+            "eval_every": cfg.eval_every or None,
+            "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+            "wall_s_this_run": round(wall, 1), "checkpoint_dir": str(cfg.checkpoint_dir)}
+
 
 
 class _nullcontext:

@@ -50,3 +50,36 @@ def test_every_verb_parses_help():
         with pytest.raises(SystemExit) as ex:
             parser.parse_args([*words, "--help"])
         assert ex.value.code == 0
+
+
+def test_model_verbs_share_the_model_flags():
+    """train and every eval that loads one model take the same model flags, from one ModelArgs."""
+    import dataclasses
+
+    from posinterp.evals.original import OriginalConfig
+    from posinterp.evals.passkey import PasskeyConfig
+    from posinterp.evals.perplexity import PerplexityConfig
+    from posinterp.evals.summarize import SummarizeConfig
+    from posinterp.models import ModelArgs
+    from posinterp.train import TrainConfig
+
+    shared = {f.name: f for f in dataclasses.fields(ModelArgs)}
+    for cls in (TrainConfig, PasskeyConfig, PerplexityConfig, OriginalConfig, SummarizeConfig):
+        assert issubclass(cls, ModelArgs), cls
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, field in shared.items():
+            assert fields[name].default == field.default and fields[name].metadata == field.metadata, (cls, name)
+        precision = "precision" if cls is TrainConfig else "dtype"
+        assert fields[precision].default == "auto", cls
+
+
+def test_help_shows_the_same_model_flags_everywhere(capsys):
+    from posinterp.__main__ import build_parser
+
+    parser = build_parser()
+    for verb in (["train"], ["eval", "passkey"], ["eval", "ppl"], ["eval", "original"], ["eval", "summarize"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*verb, "--help"])
+        text = capsys.readouterr().out
+        for flag in ("--rope", "--original-length", "--device", "--seed"):
+            assert flag in text, (verb, flag)

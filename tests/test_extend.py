@@ -28,7 +28,9 @@ def test_extend_writes_standard_checkpoint_same_logits(tiny_dir, tmp_path, kind)
     assert cfg["rope_scaling"]["factor"] == 4.0 and cfg["rope_scaling"]["type"] == "linear"
     assert cfg["rope_theta"] == params["rope_theta"]
     assert cfg["max_position_embeddings"] == 1024
-    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 1024
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    # a name transformers 4.x knows too (qwen2 keeps its own class, which 4.x maps to Qwen2TokenizerFast)
+    assert tok_cfg["model_max_length"] == 1024 and tok_cfg["tokenizer_class"] != "TokenizersBackend"
     prov = json.loads((out / "posinterp.json").read_text())
     assert prov["original_length"] == 256 and prov["factor"] == 4.0 and prov["method"] == "pi"
     assert "torch" in prov["versions"]
@@ -43,6 +45,29 @@ def test_extend_writes_standard_checkpoint_same_logits(tiny_dir, tmp_path, kind)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, by_hand(ids).logits)
     assert _no_temp_left(tmp_path)
+
+
+def test_tokenizer_config_loads_in_5x_with_the_window(tiny_dir, tmp_path, smol_tokenizer):
+    # 5.x saves "TokenizersBackend", a name 4.x refuses; the written name must load here the same
+    # tokenizer (tests/test_transformers4.py loads it in 4.x)
+    src = tiny_dir()
+    assert json.loads((src / "tokenizer_config.json").read_text())["tokenizer_class"] == "TokenizersBackend"
+    out = extend(str(src), factor=2, out=tmp_path / "out")
+    tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
+    assert tok_cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and tok_cfg["model_max_length"] == 512
+    # for older readers (4.45 reads no chat_template.jinja, 4.40 no [a, b] merges): both in their old form
+    assert tok_cfg["chat_template"] == (out / "chat_template.jinja").read_text()
+    merges = json.loads((out / "tokenizer.json").read_text())["model"]["merges"]
+    assert merges[0] == "Ġ t" and all(isinstance(m, str) for m in merges)
+    loaded = tf.AutoTokenizer.from_pretrained(out)
+    assert loaded.model_max_length == 512
+    text = "Hello <|im_start|>user\nthe passkey is 42<|im_end|>"
+    assert loaded(text).input_ids == smol_tokenizer(text).input_ids
+    chat = [{"role": "user", "content": "hi"}]
+    assert (loaded.apply_chat_template(chat, tokenize=False)
+            == smol_tokenizer.apply_chat_template(chat, tokenize=False))
+    assert (loaded.bos_token, loaded.eos_token, loaded.pad_token) == (
+        smol_tokenizer.bos_token, smol_tokenizer.eos_token, smol_tokenizer.pad_token)
 
 
 def test_target_length_and_library_api(tiny_dir, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import make_tiny
 
+from posinterp import rope as rope_mod
 from posinterp.errors import PosinterpError
 from posinterp.evals import common
 from posinterp.evals import perplexity as pp
@@ -84,7 +85,7 @@ def test_rope_flag_configures_the_loaded_model(tiny_dir, rope, rope_type, window
     model, _, info = common.load(cfg)
     params = common.rope_parameters(model.config)
     assert params["rope_type"] == rope_type and prep.window == window
-    assert common.window(model.config) == window and info["method"] == rope.split(":")[0]
+    assert rope_mod.window(model.config) == window and info["method"] == rope.split(":")[0]
     if rope == "pi:2":
         assert params["factor"] == 2 and params["rope_theta"] == 10000.0
     if rope == "ntk:2":

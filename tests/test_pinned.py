@@ -1,7 +1,9 @@
 """Pinned behaviour: the losses of a few training steps and the config `extend` writes for each method.
 
 These values were recorded from the code before the set-up/train refactor (issue 15) and must not
-move: a change here means the refactor changed what a user gets. fp32 throughout, so the figures do
+move: a change here means the refactor changed what a user gets. One deliberate change since: the
+legacy `rope_scaling` of linear and dynamic is exactly {type, factor}, which transformers 4.40–4.44
+require (they refused the extra `rope_type` key; issue 16). fp32 throughout, so the figures do
 not depend on the CPU's bf16 support (fp32 matmuls agree across CPUs to ~1e-6 relative).
 """
 
@@ -20,13 +22,13 @@ SUMMARIZE_LOSSES = [10.796072959899902, 10.790390014648438, 10.725687980651855]
 WRITTEN = {
     "pi": {"max_position_embeddings": 512,
            "rope_parameters": {"factor": 2.0, "rope_theta": 10000.0, "rope_type": "linear"},
-           "rope_scaling": {"factor": 2.0, "rope_type": "linear", "type": "linear"}, "rope_theta": 10000.0},
+           "rope_scaling": {"factor": 2.0, "type": "linear"}, "rope_theta": 10000.0},
     "ntk": {"max_position_embeddings": 512,
             "rope_parameters": {"rope_theta": 22081.790273476247, "rope_type": "default"},
             "rope_scaling": None, "rope_theta": 22081.790273476247},
     "dynamic": {"max_position_embeddings": 256,
                 "rope_parameters": {"factor": 2.0, "rope_theta": 10000.0, "rope_type": "dynamic"},
-                "rope_scaling": {"factor": 2.0, "rope_type": "dynamic", "type": "dynamic"}, "rope_theta": 10000.0},
+                "rope_scaling": {"factor": 2.0, "type": "dynamic"}, "rope_theta": 10000.0},
     "yarn": {"max_position_embeddings": 512,
              "rope_parameters": {"factor": 2.0, "original_max_position_embeddings": 256, "rope_theta": 10000.0,
                                  "rope_type": "yarn"},

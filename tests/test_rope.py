@@ -116,8 +116,8 @@ def test_legacy_keys_agree_and_alone_give_the_same_rope(tmp_path):
     model = make_tiny("llama")
     configure(model.config, RopeSpec("pi", 4.0), 256)
     d = write_legacy_keys(model.config.to_dict())
-    assert d["rope_scaling"]["type"] == d["rope_scaling"]["rope_type"] == "linear"
-    assert d["rope_scaling"]["factor"] == 4.0 and d["rope_theta"] == 10000.0
+    assert d["rope_scaling"] == {"type": "linear", "factor": 4.0}  # exactly the two keys 4.40–4.44 accept
+    assert d["rope_theta"] == 10000.0
     legacy_only = {k: v for k, v in d.items() if k != "rope_parameters"}
     (tmp_path / "config.json").write_text(json.dumps(legacy_only))
     reread = tf.AutoConfig.from_pretrained(tmp_path)

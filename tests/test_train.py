@@ -82,7 +82,7 @@ def test_defaults_are_the_paper_recipe(tmp_path):
     cfg = TrainConfig("m", out=tmp_path / "o")
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.warmup, cfg.warmup_from, cfg.grad_clip,
             cfg.schedule, cfg.precision, cfg.data, cfg.split) == (2e-5, 0.9, 0.95, 0.0, 20, 0.1, 1.0, "constant",
-                                                                   "bf16", "gutenberg", "train")
+                                                                   "auto", "gutenberg", "train")
     assert cfg.checkpoint_dir == tmp_path / "o-checkpoints"
 
 
@@ -394,3 +394,72 @@ def test_summarize_refuses_bad_settings_before_loading(tiny_dir, tmp_path, kw, m
 def test_default_data_follows_the_task(tmp_path):
     assert TrainConfig("m", out=tmp_path / "a").data == "gutenberg"
     assert TrainConfig("m", out=tmp_path / "a", task="summarize").data == "pydoc-summaries"
+
+
+# -- evaluation during training, token-weighted summarize loss --------------------------------------
+def test_eval_every_logs_curves_without_changing_the_run(tiny_dir, tmp_path):
+    model = str(tiny_dir())
+    common = dict(steps=4, lr=1e-3, precision="fp32", save_every=0, **TINY)
+    plain = train(model, out=tmp_path / "plain", **common)
+    probed = train(model, out=tmp_path / "probed", eval_every=2, eval_lengths="96,128", eval_trials=2,
+                   eval_ppl_data="pydoc", eval_ppl_tokens=300, **common)
+    _bit_equal(plain, probed)
+    rows = [json.loads(line) for line in (tmp_path / "probed-checkpoints" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert [r["tokens"] for r in evals] == [0, 2 * 64, 4 * 64]
+    for r in evals:
+        assert set(r["passkey"]) == {"96", "128"} and all(0.0 <= v <= 1.0 for v in r["passkey"].values())
+        assert r["ppl"] > 1 and r["ppl_window"] == 64 and 0 < r["ppl_tokens"] <= 300
+        assert len(r["answers"]) == 4 and all(len(a["key"]) == 5 for a in r["answers"])
+    assert evals[0]["ppl"] != evals[-1]["ppl"]  # the curve moves with training
+    assert _losses_of(rows) == _losses(tmp_path / "plain-checkpoints")
+    written = json.loads((probed / "posinterp.json").read_text())["training"]
+    assert written["eval_every"] == 2 and written["precision"] == "fp32"
+
+
+def _losses_of(rows: list[dict]) -> list[float]:
+    return [r["loss"] for r in rows if r.get("kind", "train") == "train"]
+
+
+def test_bad_eval_settings_are_refused(tmp_path):
+    with pytest.raises(PosinterpError, match="--eval-every -1"):
+        TrainConfig("m", out=tmp_path / "o", eval_every=-1)
+    with pytest.raises(PosinterpError, match="--eval-lengths"):
+        TrainConfig("m", out=tmp_path / "o", eval_every=5, eval_lengths="a,b")
+
+
+def test_summarize_loss_does_not_depend_on_how_the_batch_is_split(tiny_dir, tmp_path):
+    """Examples of unequal length: one micro-batch of 2 and two micro-batches of 1 give the same loss."""
+    data = tmp_path / "uneven.jsonl"
+    data.write_text("".join(json.dumps({"report": f"report {i} " * 20, "summary": "word " * (2 + 5 * i)}) + "\n"
+                            for i in range(4)))
+    model = str(tiny_dir())
+    common = dict(task="summarize", data=str(data), seq_len=128, max_summary_tokens=16, tensorboard=False,
+                  precision="fp32", lr=1e-3, steps=2)
+    train(model, out=tmp_path / "one", batch_size=2, grad_accum=1, **common)
+    train(model, out=tmp_path / "two", batch_size=1, grad_accum=2, **common)
+    one, two = _losses(tmp_path / "one-checkpoints"), _losses(tmp_path / "two-checkpoints")
+    assert one == pytest.approx(two, rel=1e-5)
+
+
+def test_precision_auto_is_resolved_and_recorded(tiny_dir, tmp_path, monkeypatch):
+    from posinterp import machine
+
+    monkeypatch.setattr(machine, "probe", lambda refresh=False: {
+        "bf16_tflops": 0.0003, "fp32_tflops": 0.09, "speedup": 0.0033, "capability": "AVX2", "threads": 2})
+    out = train(str(tiny_dir()), out=tmp_path / "auto", steps=1, **TINY)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["precision"] == "fp32" and "AVX2" in settings["precision_why"]
+
+
+def test_direct_fine_tuning_beyond_the_window_keeps_rope_and_raises_the_window(tiny_dir, tmp_path):
+    model = tiny_dir(window=256)
+    with pytest.raises(PosinterpError, match="--allow-beyond-window"):
+        train(str(model), out=tmp_path / "no", steps=1, data="pydoc", seq_len=512, tensorboard=False)
+    out = train(str(model), out=tmp_path / "direct", steps=1, data="pydoc", seq_len=512, tensorboard=False,
+                allow_beyond_window=True, precision="fp32")
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_position_embeddings"] == 512 and config["rope_parameters"]["rope_type"] == "default"
+    assert config["rope_parameters"]["rope_theta"] == 10000.0
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 512

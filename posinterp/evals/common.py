@@ -11,7 +11,6 @@ would be 16384 × 49152 floats (3.2 GB in fp32) of which a sliding window keeps 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -24,41 +23,51 @@ from typing import Any
 from posinterp.atomic import atomic_dir, check_out, write_json, write_text
 from posinterp.cli import arg, to_dict
 from posinterp.errors import PosinterpError
-from posinterp.models import DEVICE_HELP, check_device
-from posinterp.rope import RopeSpec, configure, parse_rope, rope_parameters, window
+from posinterp.models import ModelArgs, Prepared
+from posinterp.rope import rope_parameters
 
-DTYPES = ("bfloat16", "float32")
+DTYPES = ("auto", "bfloat16", "float32", "float16")
+"""`--dtype` values; `auto` is resolved by `posinterp.machine.choose_precision` (bf16 only where fast)."""
+DTYPE_HELP = ("compute dtype of weights and activations: auto (bf16 on a GPU that has it and on a CPU where "
+              "it is measured to be fast, else fp32), bfloat16, float32, float16")
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 
 
 @dataclass
-class EvalConfig:
-    """Flags shared by `eval passkey` and `eval ppl` (their configs extend this one)."""
+class EvalConfig(ModelArgs):
+    """Flags shared by `eval passkey` and `eval ppl` (their configs extend this one); the model flags
+    (model, --rope, --original-length, --device, --seed) come from `posinterp.models.ModelArgs`."""
 
-    model: str = arg(help="model: HF folder, extended checkpoint, cached hub id, .gguf, or alias smollm2-135m",
-                     positional=True)
-    rope: str = arg("none", help="rope method applied on the fly before evaluating: none (the model as "
-                                 "configured), pi:S, ntk:S, dynamic:S or yarn:S")
-    original_length: int | None = arg(None, help="window the weights were trained at (default: from the config)")
     allow_beyond_window: bool = arg(False, help="evaluate lengths beyond the window the (re)configured model is "
                                                 "meant for (plain extrapolation); recorded in the results")
-    dtype: str = arg("bfloat16", help="compute dtype of weights and activations (scores are reduced in fp32)",
-                     choices=DTYPES)
-    device: str = arg("auto", help=DEVICE_HELP)
-    seed: int = arg(0, help="random seed (passkey keys; recorded in the results)")
+    dtype: str = arg("auto", help=DTYPE_HELP + "; scores are reduced in fp32", choices=DTYPES)
     out: Path | None = arg(None, help="folder for results.json, results.md and plots (none: print only)")
     force: bool = arg(False, help="replace a non-empty --out")
 
     def __post_init__(self) -> None:
-        self.rope_spec: RopeSpec = parse_rope(self.rope)
+        super().__post_init__()
         if self.out is not None:
             self.out = Path(self.out)
-        if self.dtype not in DTYPES:
-            raise PosinterpError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        self.device = check_device(self.device)
-        if self.original_length is not None and int(self.original_length) < 1:
-            raise PosinterpError(f"--original-length {self.original_length} must be a positive token count")
+        self.dtype = dtype_name(self.dtype)
+
+
+def dtype_name(value: str) -> str:
+    """A `--dtype` value in torch's spelling (bf16 → bfloat16), `auto` kept; refuses anything else."""
+    from posinterp.machine import TORCH_DTYPE, normalize
+
+    name = normalize(value, "--dtype")
+    return name if name == "auto" else TORCH_DTYPE[name]
+
+
+def resolve_dtype(cfg: Any) -> dict:
+    """Replace `cfg.dtype` auto by the measured choice for `cfg.device`; returns the choice and its reason."""
+    from posinterp.machine import TORCH_DTYPE, announce, choose_precision
+
+    choice = choose_precision(cfg.dtype, cfg.device, "--dtype")
+    announce(choice)
+    cfg.dtype = TORCH_DTYPE[choice.name]
+    return {"dtype": cfg.dtype, "requested": choice.requested, "reason": choice.reason, "probe": choice.probe}
 
 
 def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
@@ -88,33 +97,19 @@ def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
     return sorted(set(values))
 
 
-@dataclass
-class Prepared:
-    """A model resolved and its config (re)configured, before any weights are loaded."""
-
-    ref: Any
-    config: Any
-    rope_info: dict
-    window: int
-    original_length: int
-
-
 def prepare(cfg: EvalConfig, longest: int, what: str, flag: str) -> Prepared:
     """Resolve the model, apply --rope to a copy of its config and check `longest` fits its window."""
     from posinterp import models
 
     cfg.device = models.pick_device(cfg.device)  # a GPU asked for and absent is refused here; auto is resolved
-    ref = models.resolve(cfg.model)
-    config = copy.deepcopy(models.load_config(ref))
-    models.check_rope(config)
-    original = models.original_window(config, cfg.original_length)
-    info = configure(config, cfg.rope_spec, original)
-    win = window(config)
-    if longest > win and not cfg.allow_beyond_window:
+    cfg.precision = resolve_dtype(cfg)
+    prep = models.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
+    if longest > prep.window and not cfg.allow_beyond_window:
         raise PosinterpError(
-            f"{flag}: {what} {longest} is beyond the window {win} of '{cfg.model}' with --rope {cfg.rope}; "
-            f"pass --allow-beyond-window to measure extrapolation, or extend it (e.g. --rope pi:{math.ceil(longest / win)})")
-    return Prepared(ref, config, info, win, original)
+            f"{flag}: {what} {longest} is beyond the window {prep.window} of '{cfg.model}' with --rope {cfg.rope}; "
+            f"pass --allow-beyond-window to measure extrapolation, or extend it "
+            f"(e.g. --rope pi:{math.ceil(longest / prep.window)})")
+    return prep
 
 
 def load(cfg: EvalConfig) -> tuple[Any, Any, dict | None]:
@@ -123,9 +118,11 @@ def load(cfg: EvalConfig) -> tuple[Any, Any, dict | None]:
 
     from posinterp import models
 
-    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
-    return models.load(cfg.model, rope=cfg.rope_spec, original_length=cfg.original_length, dtype=dtype,
-                       device=models.pick_device(cfg.device))
+    cfg.device = models.pick_device(cfg.device)
+    if cfg.dtype == "auto":
+        cfg.precision = resolve_dtype(cfg)
+    return models.load(cfg.model, rope=cfg.rope_spec, original_length=cfg.original_length,
+                       dtype=getattr(torch, cfg.dtype), device=cfg.device)
 
 
 @contextmanager
@@ -230,6 +227,7 @@ def header(kind: str, cfg: EvalConfig, prep: Prepared, model: Any = None) -> dic
         "window": prep.window,
         "original_length": prep.original_length,
         "allow_beyond_window": bool(cfg.allow_beyond_window),
+        "precision": getattr(cfg, "precision", None),
         "config": to_dict(cfg),
         "versions": versions(),
     }

@@ -39,20 +39,21 @@ from typing import Any
 
 from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
-from posinterp.models import DEVICE_HELP, check_device, pick_device
+from posinterp.evals.common import DTYPE_HELP, DTYPES, dtype_name, resolve_dtype
+from posinterp.models import ModelArgs, pick_device
 
 log = logging.getLogger(__name__)
 
 PAPER_TASKS = ("boolq", "piqa", "winogrande", "race")
 CHECKS = ("ppl", "passkey")
-DTYPES = ("bfloat16", "float32")
 LOCAL_SUFFIXES = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
 @dataclass
-class OriginalConfig:
-    model: str = arg(help="the extended checkpoint (a folder written by `posinterp extend` or `train`)",
-                     positional=True)
+class OriginalConfig(ModelArgs):
+    """The model flags come from `posinterp.models.ModelArgs`: MODEL is the extended checkpoint (a folder
+    written by `posinterp extend` or `train`); --rope applies to it only; --original-length is L (= --window)."""
+
     baseline: str | None = arg(None, help="the source model (default: `source` in the checkpoint's posinterp.json)")
     window: int | None = arg(None, help="the original window L (default: posinterp.json original_length, "
                                         "else the baseline's window)")
@@ -71,14 +72,15 @@ class OriginalConfig:
     task_limit: int | None = arg(None, help="evaluate only the first N questions of each task")
     batch_size: int = arg(1, help="lm-eval batch size")
     bootstrap: int = arg(2000, help="bootstrap resamples for the perplexity difference")
-    seed: int = arg(0, help="seed for passkey keys, the bootstrap and lm-eval")
-    dtype: str = arg("bfloat16", help="compute dtype of every check", choices=DTYPES)
-    device: str = arg("auto", help=DEVICE_HELP)
+    dtype: str = arg("auto", help=DTYPE_HELP, choices=DTYPES)
     out: Path | None = arg(None, help="folder for results.json, results.md and each check's own results "
                                       "(none: print only)")
     force: bool = arg(False, help="replace a non-empty --out")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window is None and self.original_length is not None:
+            self.window = int(self.original_length)
         self.check_list = [c.strip() for c in str(self.checks or "").split(",") if c.strip()]
         for c in self.check_list:
             if c not in CHECKS:
@@ -100,7 +102,7 @@ class OriginalConfig:
             self.data_dir = Path(self.data_dir).expanduser()
         if self.out is not None:
             self.out = Path(self.out)
-        self.device = check_device(self.device)
+        self.dtype = dtype_name(self.dtype)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -358,7 +360,7 @@ def _ppl_row(cfg: OriginalConfig, pl: Plan, tmp: Path | None, models_) -> dict:
         runs[role] = perplexity(PerplexityConfig(
             model=ref, data=cfg.data, split=cfg.split, text_field=cfg.text_field, max_docs=cfg.ppl_docs,
             max_tokens=max_tokens, windows=str(pl.window), stride=stride, dtype=cfg.dtype, device=cfg.device,
-            seed=cfg.seed,
+            seed=cfg.seed, rope=cfg.rope if role == "extended" else "none",
             out=_sub_out(tmp, f"ppl-{role}")))
     docs = {role: runs[role]["windows"][0]["documents"] for role in runs}
     if [d["name"] for d in docs["baseline"]] != [d["name"] for d in docs["extended"]]:
@@ -386,7 +388,7 @@ def _passkey_row(cfg: OriginalConfig, pl: Plan, tmp: Path | None, models_) -> di
     for role, ref in models_:
         log.info("passkey of %s (%s) at length %d", role, ref, pl.window)
         runs[role] = passkey(PasskeyConfig(model=ref, lengths=str(pl.window), trials=int(cfg.passkey_trials),
-                                           dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
+                                           rope=cfg.rope if role == "extended" else "none", dtype=cfg.dtype, device=cfg.device, seed=cfg.seed,
                                            out=_sub_out(tmp, f"passkey-{role}")))
     correct = {role: [bool(t["correct"]) for t in runs[role]["trials"]] for role in runs}
     n = len(correct["baseline"])
@@ -506,6 +508,7 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
     cfg.device = pick_device(cfg.device)
+    cfg.precision = resolve_dtype(cfg)
     pl = plan(cfg)
     notes: list[str] = []
     rows: list[dict] = []
@@ -525,7 +528,7 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
         else:
             notes.append(f"zero-shot tasks: none asked (the paper's: --tasks {','.join(PAPER_TASKS)} --data-dir D)")
         result = {"verb": "eval original", "plan": vars(pl), "rows": rows, "notes": notes,
-                  "config": to_dict(cfg), "versions": {**versions(), "lm_eval": package_version("lm-eval")}}
+                  "precision": cfg.precision, "config": to_dict(cfg), "versions": {**versions(), "lm_eval": package_version("lm-eval")}}
         table = markdown(result)
         if tmp is not None:
             write_json(tmp / "results.json", result)

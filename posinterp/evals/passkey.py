@@ -91,7 +91,7 @@ class PromptBuilder:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
-        enc = self._enc = lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        enc = self.encode = lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
         special, plain = list(tokenizer("a")["input_ids"]), enc("a")
         # whatever the tokenizer adds before text (a BOS for LLaMA, nothing for SmolLM2)
         self.bos = special[: len(special) - len(plain)] if special[len(special) - len(plain):] == plain else []
@@ -105,7 +105,7 @@ class PromptBuilder:
         self._stream: list[int] = []
 
     def key_ids(self, key: str) -> list[int]:
-        return self.newline + self._enc(KEY.format(key=key)) + self.newline
+        return self.newline + self.encode(KEY.format(key=key)) + self.newline
 
     def stream(self, n: int) -> list[int]:
         """The first n tokens of the filler repeated, as the joined text would tokenize."""

@@ -29,17 +29,18 @@ from typing import Any
 
 from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
-from posinterp.models import DEVICE_HELP, check_device
+from posinterp.evals.common import DTYPE_HELP, DTYPES, dtype_name, resolve_dtype
+from posinterp.models import ModelArgs
 
 log = logging.getLogger(__name__)
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-DTYPES = ("bfloat16", "float32", "float16")
 
 
 @dataclass
-class SummarizeConfig:
-    model: str = arg(help="model: HF folder, cached hub id, .gguf file, or alias smollm2-135m", positional=True)
+class SummarizeConfig(ModelArgs):
+    """The model flags come from `posinterp.models.ModelArgs`; --seed: document i samples with seed + i."""
+
     data: str = arg("pydoc-summaries", help="(document, summary) pairs: .jsonl/.json/.parquet files, a folder or "
                                             "glob of them, a datasets folder, or the built-in smoke set "
                                             "pydoc-summaries")
@@ -53,14 +54,12 @@ class SummarizeConfig:
     greedy: bool = arg(False, help="greedy decoding instead of the paper's sampling")
     temperature: float = arg(0.5, help="sampling temperature (paper: 0.5)")
     top_p: float = arg(0.95, help="nucleus sampling mass (paper: 0.95)")
-    seed: int = arg(0, help="sampling seed; document i uses seed + i")
-    rope: str | None = arg(None, help="rope method applied at load, e.g. pi:2 (default: the checkpoint's own)")
-    dtype: str = arg("bfloat16", help="weights dtype", choices=DTYPES)
-    device: str = arg("auto", help=DEVICE_HELP)
+    dtype: str = arg("auto", help=DTYPE_HELP, choices=DTYPES)
     out: Path | None = arg(None, help="folder for results.json, results.md, generations.jsonl (none: print only)")
     force: bool = arg(False, help="replace a non-empty --out")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         at_least("--limit", self.limit, 1, " document")
         at_least("--max-new-tokens", self.max_new_tokens, 1, " token")
         if not self.greedy:
@@ -70,7 +69,7 @@ class SummarizeConfig:
                 raise PosinterpError(f"--top-p {self.top_p} must be in (0, 1]")
         if self.out is not None:
             self.out = Path(self.out)
-        self.device = check_device(self.device)
+        self.dtype = dtype_name(self.dtype)
 
 
 def scorer() -> Any:
@@ -123,23 +122,16 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     cfg = as_config(SummarizeConfig, cfg, kwargs)
     from posinterp import models, sft
     from posinterp.atomic import atomic_dir, check_out, write_json, write_text
-    from posinterp.rope import parse_rope, window
     from posinterp.versions import package_version, versions
 
     # everything that can be refused is refused before the model is loaded
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
-    spec = parse_rope(cfg.rope) if cfg.rope else None
     cfg.device = models.pick_device(cfg.device)
-    ref = models.resolve(cfg.model)
-    config = models.load_config(ref)
-    models.check_rope(config)
+    cfg.precision = resolve_dtype(cfg)
+    prep = models.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
+    ref, win, rope_info = prep.ref, prep.window, prep.rope_info
     tokenizer = models.load_tokenizer(models.dense(ref))
-    if spec is not None:
-        from posinterp.rope import configure
-
-        configure(config, spec, models.original_window(config))
-    win = window(config)
     budget = sft.fit_budget(tokenizer, win, max_summary_tokens=cfg.max_new_tokens,
                             max_input_tokens=cfg.max_input_tokens, summary_flag="--max-new-tokens")
     pairs = sft.load_pairs(cfg.data, split=cfg.split, document_field=cfg.document_field,
@@ -150,8 +142,7 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
 
     from posinterp.evals.common import eval_mode
 
-    model, rope_info = models.load_model(models.dense(ref), rope=spec, dtype=getattr(torch, cfg.dtype),
-                                         device=cfg.device)
+    model, _ = prep.load(getattr(torch, cfg.dtype), device=cfg.device)
     model.config.use_cache = True
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -202,7 +193,7 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
         "prompt": sft.PROMPT, "max_input_tokens": budget.max_input_tokens, "max_new_tokens": int(cfg.max_new_tokens),
         "prompt_overhead_tokens": budget.overhead, "mean": mean,
         "scores": "ROUGE F-measure x 100 (rouge_score RougeScorer, use_stemmer=True); mean ± standard error over documents",
-        "documents": docs, "seconds": round(time.time() - t_all, 1),
+        "documents": docs, "seconds": round(time.time() - t_all, 1), "precision": cfg.precision,
         "config": to_dict(cfg), "versions": {**versions(), "rouge_score": package_version("rouge-score")},
     }
     table = markdown(result)

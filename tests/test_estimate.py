@@ -1,0 +1,49 @@
+"""Estimates: one home for the constants, stage times priced from a measured speed curve."""
+
+from __future__ import annotations
+
+import pytest
+
+from posinterp import estimate
+from posinterp.estimate import Speed
+
+
+def _speed() -> Speed:
+    # t(T) = 1e-4·T + 1e-8·T² exactly: 512 → 0.05382, 2048 → 0.24674
+    f = lambda t: 1e-4 * t + 1e-8 * t * t  # noqa: E731
+    return Speed("fp32", {512: f(512), 2048: f(2048)}, 1024, 3 * f(1024))
+
+
+def test_forward_curve_is_fitted_through_the_two_lengths():
+    s = _speed()
+    a, b = s.fit
+    assert a == pytest.approx(1e-4) and b == pytest.approx(1e-8)
+    assert s.forward_s(16384) == pytest.approx(1e-4 * 16384 + 1e-8 * 16384**2)
+    assert s.train_step_s(4096, 2) == pytest.approx(2 * 3 * s.forward_s(4096))
+
+
+def test_stage_prices_add_up_their_forwards():
+    s = _speed()
+    train = estimate.train_seconds(s, steps=10, seq_len=2048, grad_accum=2)
+    assert train == pytest.approx(estimate.LOAD_S + 10 * 2 * 3 * s.forward_s(2048))
+    # one 4096-token document, window 2048 stride 1024: windows [0,2048) [1024,3072) [2048,4096)
+    ppl = estimate.ppl_seconds(s, doc_tokens=[4096], windows={2048: 1024})
+    assert ppl == pytest.approx(estimate.LOAD_S + 3 * s.forward_s(2048))
+    pk = estimate.passkey_seconds(s, lengths=[1000], trials=2, new_tokens=0)
+    assert pk == pytest.approx(estimate.LOAD_S + 2 * s.forward_s(1000))
+
+
+def test_train_and_estimate_share_the_activation_rule_and_loss_chunk():
+    from posinterp import loss, train
+
+    assert train.ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN is estimate.ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
+    assert train.TrainConfig.__dataclass_fields__["loss_chunk"].default == loss.DEFAULT_CHUNK
+    import inspect
+
+    assert inspect.signature(estimate.estimate).parameters["loss_chunk"].default == loss.DEFAULT_CHUNK
+
+
+def test_measured_speed_on_a_tiny_model(tiny_dir):
+    s = estimate.measure_speed(str(tiny_dir()), precision="fp32", lengths=(32, 128), train_tokens=64)
+    assert s.precision == "fp32" and set(s.forward) == {32, 128} and s.train_s > 0
+    assert s.forward_s(256) > s.forward_s(128) > 0

@@ -1,0 +1,197 @@
+"""`posinterp run` end to end on a tiny model and a tiny recipe: every stage, the report, skipping, a kill.
+
+A random 2-layer llama (window 128) is extended ×2 by PI, fine-tuned 12 steps at 64 tokens with and
+without PI, and evaluated (perplexity at 128 and 256, passkey at 256) in six rows; then the same
+recipe is run again (everything skipped), run in a subprocess killed by SIGKILL in the middle of
+its train stage and run again (the same final weights, bit for bit), and given invalid values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from posinterp.__main__ import main
+from posinterp.run import run
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ["original", "extrapolation", "pi", "pi_ft", "nopi_ft", "yarn"]
+STEPS = 12
+WORDS = ("the a river stone light north cold window book letter house road garden old quiet long story "
+         "under over again before after never always morning evening").split()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread everywhere, in this process (train's `set_threads` reads OMP_NUM_THREADS) and in the
+    killed subprocess: the same reduction order, so bit-equal weights can be asked for; and tiny models
+    on a busy 2-core machine run ~10× slower with two OpenMP threads fighting for the cores."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, smol_tokenizer) -> Path:
+    """root/model (tiny llama, window 128, SmolLM2's tokenizer) and root/data (4 text files)."""
+    from conftest import make_tiny
+
+    root = tmp_path_factory.mktemp("e2e")
+    model = make_tiny(window=128)
+    model.save_pretrained(root / "model")
+    smol_tokenizer.save_pretrained(root / "model")
+    rng = random.Random(0)
+    (root / "data").mkdir()
+    for i in range(4):
+        (root / "data" / f"doc{i}.txt").write_text(" ".join(rng.choice(WORDS) for _ in range(1500)) + "\n")
+    return root
+
+
+def _recipe(root: Path, name: str, rows: list[str] = ROWS, **sections) -> Path:
+    data = {
+        "name": name, "model": str(root / "model"), "out": str(root / name),
+        "extend": {"method": "pi", "factor": 2},
+        "train": {"data": str(root / "data"), "seq_len": 64, "steps": STEPS, "save_every": 2, "keep": 2,
+                  "lr": 1.0e-3, "warmup": 2, "shuffle_buffer": 4, "tensorboard": False},
+        "eval": {"rows": rows, "windows": [128, 256], "passkey_lengths": [256],
+                 "ppl": {"data": str(root / "data"), "max_docs": 1, "max_tokens": 320, "stride": [64, 64]},
+                 "passkey": {"trials": 1, "max_new_tokens": 4}},
+    }
+    for dotted, value in sections.items():
+        section, key = dotted.split("__")
+        data[section][key] = value
+    path = root / f"{name}.yaml"
+    path.write_text(f"# posinterp run {path}\n" + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _stage_lines(caplog) -> list[tuple[int, int, str, str]]:
+    """(i, n, stage, rest) of each `[i/n] stage: ...` progress line the run logged."""
+    found = []
+    for rec in caplog.records:
+        m = re.match(r"^\[(\d+)/(\d+)\] (.+?): (.*)$", rec.getMessage())
+        if m:
+            found.append((int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)))
+    return found
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first(inputs) -> Path:
+    """The whole recipe, once, in this process."""
+    run(_recipe(inputs, "full"))
+    return inputs / "full"
+
+
+def test_every_stage_runs_and_the_report_has_its_table_and_figures(first):
+    timings = json.loads((first / "timings.json").read_text())
+    trains = [k for k in timings if k.startswith("train")]
+    assert len(trains) == 2 and "extend" in timings  # PI and no PI fine-tunes
+    for row in ROWS:
+        assert (first / "eval" / row / "ppl" / "results.json").is_file(), row
+        if row != "original":  # passkey at 256 is beyond the original window 128: no passkey there
+            assert (first / "eval" / row / "passkey" / "results.json").is_file(), row
+            assert f"passkey {row}" in timings
+        assert f"ppl {row}" in timings
+    for folder in ("pi-ft", "nopi-ft"):
+        training = json.loads((first / folder / "posinterp.json").read_text())["training"]
+        assert training["steps"] == STEPS and training["seq_len"] == 64
+    report = (first / "report.md").read_text()
+    from posinterp.recipe import ROW_TITLES
+
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("|  | passkey k_max") and "ppl @ 128" in table[0] and "ppl @ 256" in table[0]
+    for row in ROWS:
+        assert any(line.startswith(f"| {ROW_TITLES[row]} |") for line in table), row
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert {"perplexity.png", "passkey_accuracy.png", "train_loss.png"} <= set(images)
+    for name in images:
+        assert (first / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_a_second_run_skips_every_finished_stage(first, inputs, caplog):
+    outputs = {name: files for name, files in ((d, _files(first / d)) for d in ("extended", "pi-ft", "nopi-ft",
+                                                                               "eval"))}
+    timings = (first / "timings.json").read_text()
+    with caplog.at_level(logging.INFO, logger="posinterp"):
+        run(_recipe(inputs, "full"))
+    lines = _stage_lines(caplog)
+    n = len(json.loads(timings))
+    assert len(lines) == n and all(total == n and rest.startswith("done") for _, total, _, rest in lines), lines
+    assert (first / "timings.json").read_text() == timings
+    assert {d: _files(first / d) for d in outputs} == outputs  # nothing rewritten
+    assert "resuming from" not in caplog.text and "wrote " not in caplog.text
+
+
+def test_a_run_killed_in_its_train_stage_finishes_on_rerun_with_bit_equal_weights(first, inputs, caplog):
+    recipe = _recipe(inputs, "killed", rows=["pi_ft"])
+    killed = inputs / "killed"
+    ckpts = killed / "pi-ft-checkpoints"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "posinterp", "run", str(recipe)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*/COMPLETE")):
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    from posinterp import checkpoint
+
+    saved = checkpoint.latest(ckpts)
+    assert saved is not None and checkpoint.read_state(saved)["step"] < STEPS
+    print(f"killed with {saved.name} the newest complete checkpoint")
+    assert not (killed / "pi-ft").exists() and (killed / "extended").is_dir()
+    with caplog.at_level(logging.INFO, logger="posinterp"):
+        run(recipe)
+    lines = {stage: rest for _, _, stage, rest in _stage_lines(caplog)}
+    assert lines["extend"].startswith("done") and not lines["train (PI)"].startswith("done"), lines
+    assert "resuming from" in caplog.text
+    a, b = _weights(killed / "pi-ft"), _weights(first / "pi-ft")
+    assert a.keys() == b.keys()
+    unequal = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not unequal, unequal
+    losses = [[json.loads(line)["loss"] for line in (d / "pi-ft-checkpoints" / "metrics.jsonl").read_text().splitlines()]
+              for d in (killed, first)]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("key, value", [("extend__factor", -1), ("train__lr", -1)])
+def test_a_recipe_with_an_invalid_value_is_refused_before_anything_is_written(inputs, key, value, capsys):
+    name = f"bad-{key.split('__')[1]}"
+    recipe = _recipe(inputs, name, **{key: value})
+    capsys.readouterr()
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posinterp: error: ") and "\n" not in err, err
+    assert key.replace("__", ".") in err or key.split("__")[1] in err, err
+    assert not (inputs / name).exists()

@@ -163,15 +163,6 @@ def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", leng
             best = min(best, time.perf_counter() - t0)
         return best
 
-    # evaluations hold the weights in the chosen dtype (posinterp.evals.common.load)
-    lm, _ = prep.load(choice.torch_dtype, device=device)
-    body = lm.get_decoder()
-    forward = {}
-    for n in lengths:
-        x = ids(int(n))
-        with torch.inference_mode():
-            forward[int(n)] = timed(lambda x=x: body(input_ids=x, use_cache=False))
-    del lm, body
     # training keeps fp32 master weights under autocast (posinterp.train)
     lm, _ = prep.load(torch.float32, device=device)
     body = lm.get_decoder()
@@ -189,6 +180,13 @@ def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", leng
 
     lm.train()
     train_s = timed(step, repeats=1)
+    # evaluations hold the weights in the chosen dtype (posinterp.evals.common.load): the same model, cast
+    lm.to(choice.torch_dtype).eval()
+    forward = {}
+    for n in lengths:
+        x = ids(int(n))
+        with torch.inference_mode():
+            forward[int(n)] = timed(lambda x=x: body(input_ids=x, use_cache=False))
     return Speed(choice.name, forward, int(train_tokens), train_s)
 
 

@@ -106,10 +106,10 @@ def set_threads() -> int:
 def _cpu_key() -> dict:
     import torch
 
-    name, flags = platform.processor() or platform.machine(), ""
+    name, flags = None, ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), platform.processor()):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first CPU's lines
+            if line.startswith("model name") and name is None:
                 name = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
                 have = set(line.split(":", 1)[1].split())
@@ -117,7 +117,7 @@ def _cpu_key() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": name, "flags": flags, "capability": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": name or platform.processor() or platform.machine(), "flags": flags, "capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 

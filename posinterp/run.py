@@ -204,8 +204,8 @@ def parse_budget(text: str | None) -> float | None:
     return value
 
 
-def stage_estimates(stages: list[Stage], speed: Any) -> dict[str, float]:
-    """Seconds each stage should take on this machine, priced from the measured `speed` curve."""
+def stage_estimates(stages: list[Stage], speed: Any, force: bool = False) -> dict[str, float]:
+    """Seconds each stage still to run (all with `force`) should take here, priced from the measured `speed`."""
     from posinterp import estimate, models
     from posinterp.corpus import load_documents
     from posinterp.evals.common import parse_lengths
@@ -215,6 +215,8 @@ def stage_estimates(stages: list[Stage], speed: Any) -> dict[str, float]:
     tokens_of: dict[tuple, list[int]] = {}
     tokenizer = None
     for s in stages:
+        if _done(s) and not force:
+            continue
         cfg = s.config
         if s.name == "extend":
             out[s.name] = 2 * estimate.LOAD_S
@@ -254,8 +256,8 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
     trims: list[str] = []
 
     def priced(r: Recipe) -> tuple[list[Stage], dict[str, float]]:
-        stages = [st for st in plan(r, run_dir, force=force, sc=sc) if force or not _done(st)]
-        return plan(r, run_dir, force=force, sc=sc), stage_estimates(stages, speed)
+        stages = plan(r, run_dir, force=force, sc=sc)
+        return stages, stage_estimates(stages, speed, force)
 
     stages, est = priced(recipe)
     if sum(est.values()) <= budget:
@@ -285,8 +287,8 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
             trims.append(f"fine-tune steps {steps} → {new} (every fine-tuned row, the same)")
             stages, est = priced(recipe)
     if sum(est.values()) > budget:
-        raise PosinterpError(f"--budget {budget / 60:.0f} min: even trimmed, the stages are estimated at "
-                             f"{sum(est.values()) / 60:.0f} min here; drop rows (--eval.rows [...]) or windows "
+        raise PosinterpError(f"--budget {budget / 60:.1f} min: even trimmed, the stages are estimated at "
+                             f"{sum(est.values()) / 60:.1f} min here; drop rows (--eval.rows [...]) or windows "
                              f"(--eval.windows [...]), or give a larger --budget")
     return recipe, stages, est, trims
 
@@ -378,7 +380,7 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
             for t in trims:
                 log.info("--budget %s: trimmed %s", cfg.budget, t)
         else:
-            estimates = stage_estimates([st for st in stages if cfg.force or not _done(st)], speed)
+            estimates = stage_estimates(stages, speed, cfg.force)
         _print_estimates(estimates, speed, stages)
     if cfg.dry_run:
         return dry_run(recipe, stages, sc)

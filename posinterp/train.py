@@ -557,8 +557,8 @@ def setup_data(cfg: TrainConfig, p: Plan, tokenizer: Any, state: dict | None) ->
                                        seed=cfg.seed, shuffle_buffer=cfg.shuffle_buffer, state=state)
 
 
-def micro_batches(cfg: TrainConfig, everyone: list, rank: int, world: int, pad_id: int | None) -> tuple[list, int, int]:
-    """(this process's micro-batches as (ids, labels|None, weight), step tokens, scored tokens of the global batch).
+def micro_batches(cfg: TrainConfig, everyone: list, rank: int, world: int, pad_id: int | None) -> tuple[list, int]:
+    """(this process's micro-batches as (ids, labels|None, weight), tokens of the global batch).
 
     Each micro-batch's mean loss is weighted by its share of the global batch's scored tokens (× processes,
     since DDP averages gradients over them), so the loss and gradient do not depend on how the global batch
@@ -574,23 +574,20 @@ def micro_batches(cfg: TrainConfig, everyone: list, rank: int, world: int, pad_i
     mine = shard(everyone, rank, world)  # this process's sequences
     if cfg.task != "summarize":
         batch = torch.from_numpy(np.stack(mine).astype(np.int64))  # (B·accum, T)
-        tokens = len(everyone) * len(everyone[0])
         return [(batch[i:i + cfg.batch_size], None, 1.0 / cfg.grad_accum)
-                for i in range(0, len(mine), cfg.batch_size)], tokens, tokens
+                for i in range(0, len(mine), cfg.batch_size)], len(everyone) * len(everyone[0])
     scored = sum(sft.scored_tokens(example) for example in everyone)
     out = []
     for i in range(0, len(mine), cfg.batch_size):
         chunk = mine[i:i + cfg.batch_size]
         ids, labels = sft.collate(chunk, pad_id)
         out.append((ids, labels, world * sum(sft.scored_tokens(e) for e in chunk) / max(1, scored)))
-    return out, sum(len(ids) for ids, _ in everyone), scored
+    return out, sum(len(ids) for ids, _ in everyone)
 
 
 def check_finite(loss_value: float, norm: Any, step: int, lr: float, cfg: TrainConfig, metrics: Any,
                  scaled: bool) -> None:
     """Stop before the optimizer step on a non-finite loss or gradient (a loss-scaled fp16 step skips itself)."""
-    import math
-
     from posinterp import checkpoint
 
     grad_norm = float(norm) if norm is not None else float("nan")
@@ -662,10 +659,12 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
                                provenance={**provenance, "checkpoint_step": step}, lora=cfg.lora, keep=cfg.keep)
 
     def evaluate(step: int) -> None:  # --eval-every: on the main process, RNG and data untouched
-        if probe is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if not cfg.eval_every or (step % cfg.eval_every and step != cfg.steps):
+            return
+        if probe is not None:
             metrics.write(probe.run(_hf_model(accelerator.unwrap_model(module).lm), step, tokens_done,
                                     precision.name, accelerator.device))
-        accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()  # the other processes wait only at evaluated steps
 
     from tqdm import tqdm
 
@@ -680,7 +679,7 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
                 evaluate(0)
             for step in range(start + 1, cfg.steps + 1):
                 t0 = time.perf_counter()
-                batches, step_tokens, _ = micro_batches(cfg, stream.take(settings["global_batch"]), rank, world,
+                batches, step_tokens = micro_batches(cfg, stream.take(settings["global_batch"]), rank, world,
                                                         pad_id)
                 total = torch.zeros((), device=accelerator.device)
                 for micro, (ids, labels, weight) in enumerate(batches):  # ids, labels: (B, T)

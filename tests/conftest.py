@@ -46,15 +46,19 @@ def make_tiny(kind: str = "llama", *, window: int = 256, vocab: int = 49152, see
     return model
 
 
+def save_tiny(folder: Path, tokenizer, kind: str = "llama", model=None, **kw) -> Path:
+    """Save a tiny model (`model`, or a new `make_tiny(kind, **kw)`) with `tokenizer` into `folder`."""
+    model = model if model is not None else make_tiny(kind, **kw)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_dir(tmp_path: Path, smol_tokenizer):
     """Factory: save a tiny model (with SmolLM2's tokenizer) into a folder and return the path."""
 
     def _make(kind: str = "llama", name: str | None = None, **kw) -> Path:
-        model = make_tiny(kind, **kw)
-        folder = tmp_path / (name or f"tiny-{kind}")
-        model.save_pretrained(folder)
-        smol_tokenizer.save_pretrained(folder)
-        return folder
+        return save_tiny(tmp_path / (name or f"tiny-{kind}"), smol_tokenizer, kind, **kw)
 
     return _make

@@ -25,12 +25,11 @@ TRAIN = ["--data", "pydoc", "--seq-len", "32", "--tensorboard", "false", "--lr",
 @pytest.fixture(scope="module")
 def good(tmp_path_factory, smol_tokenizer) -> Path:
     """A sound tiny llama (window 256) saved whole and as two shards."""
-    from conftest import make_tiny
+    from conftest import make_tiny, save_tiny
 
     root = tmp_path_factory.mktemp("good")
     model = make_tiny(window=256)
-    model.save_pretrained(root / "tiny")
-    smol_tokenizer.save_pretrained(root / "tiny")
+    save_tiny(root / "tiny", smol_tokenizer, model=model)
     model.save_pretrained(root / "sharded", max_shard_size="1MB")
     smol_tokenizer.save_pretrained(root / "sharded")
     assert len(list((root / "sharded").glob("model-*.safetensors"))) == 2

@@ -70,12 +70,10 @@ sys.exit(code)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, smol_tokenizer) -> Path:
-    from conftest import make_tiny
+    from conftest import save_tiny
 
     root = tmp_path_factory.mktemp("fsdp")
-    model = make_tiny(window=128)
-    model.save_pretrained(root / "model")
-    smol_tokenizer.save_pretrained(root / "model")
+    save_tiny(root / "model", smol_tokenizer, window=128)
     (root / "driver.py").write_text(DRIVER)
     return root
 

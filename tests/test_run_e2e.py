@@ -52,12 +52,10 @@ def one_thread():
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, smol_tokenizer) -> Path:
     """root/model (tiny llama, window 128, SmolLM2's tokenizer) and root/data (4 text files)."""
-    from conftest import make_tiny
+    from conftest import save_tiny
 
     root = tmp_path_factory.mktemp("e2e")
-    model = make_tiny(window=128)
-    model.save_pretrained(root / "model")
-    smol_tokenizer.save_pretrained(root / "model")
+    save_tiny(root / "model", smol_tokenizer, window=128)
     rng = random.Random(0)
     (root / "data").mkdir()
     for i in range(4):
@@ -195,3 +193,44 @@ def test_a_recipe_with_an_invalid_value_is_refused_before_anything_is_written(in
     assert err.startswith("posinterp: error: ") and "\n" not in err, err
     assert key.replace("__", ".") in err or key.split("__")[1] in err, err
     assert not (inputs / name).exists()
+
+
+def test_estimates_are_priced_before_the_run_and_reported_beside_the_measured_times(inputs):
+    out = inputs / "priced"
+    run(_recipe(inputs, "priced", rows=["pi", "pi_ft"]), estimate=True)
+    saved = json.loads((out / "estimates.json").read_text())
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(saved["stages"]) == set(timings) and all(v > 0 for v in saved["stages"].values())
+    assert saved["speed"]["train_s"] > 0 and saved["trimmed"] == [] and saved["budget_s"] is None
+    report = (out / "report.md").read_text()
+    assert "| stage | estimated s | measured s | measured / estimated |" in report
+
+
+def test_a_budget_trims_what_it_says_or_refuses_before_anything_is_written(inputs, capsys):
+    from posinterp.errors import PosinterpError
+    from posinterp.run import parse_budget
+
+    assert parse_budget("45m") == 2700 and parse_budget("2h") == 7200 and parse_budget("90") == 90
+    with pytest.raises(PosinterpError, match="--budget 'soon'"):
+        parse_budget("soon")
+    recipe = _recipe(inputs, "tight", rows=["pi", "pi_ft"], eval__passkey={"trials": 3, "max_new_tokens": 4})
+    with pytest.raises(PosinterpError, match="even trimmed"):
+        run(recipe, budget="1s", dry_run=True)
+    assert not (inputs / "tight").exists()
+    from posinterp.estimate import measure_speed
+    from posinterp.run import fit_budget, load_recipe, plan, scale, stage_estimates
+
+    r, _ = load_recipe(recipe)
+    sc = scale(r)
+    speed = measure_speed(r.model, precision="fp32", lengths=(32, 128), train_tokens=64)
+    import dataclasses
+
+    full = sum(stage_estimates(plan(r, inputs / "tight", sc=sc), speed).values())
+    one = dataclasses.replace(r, eval=dataclasses.replace(r.eval, passkey=dataclasses.replace(r.eval.passkey,
+                                                                                              trials=1)))
+    fewer = sum(stage_estimates(plan(one, inputs / "tight", sc=sc), speed).values())
+    budget = (full + fewer) / 2  # one trial per length fits, three do not
+    trimmed, _, est, trims = fit_budget(r, inputs / "tight", False, sc, speed, budget)
+    assert trims == ["passkey trials 3 → 1 per length"] and trimmed.eval.passkey.trials == 1
+    assert sum(est.values()) == pytest.approx(fewer) and fewer <= budget < full
+    assert not (inputs / "tight").exists()

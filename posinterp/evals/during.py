@@ -13,6 +13,7 @@ notice: no gradients, dropout off, and every random generator is restored afterw
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -74,8 +75,6 @@ class Probe:
             hits = [r["correct"] for r in records if r["length"] == length]
             passkey[str(length)] = sum(hits) / len(hits)
         nll, n = sum(t[0] for t in totals), sum(t[1] for t in totals)
-        import math
-
         return {"kind": "eval", "step": step, "tokens": tokens, "passkey": passkey,
                 "ppl": math.exp(nll / n) if n else None, "ppl_window": self.window, "ppl_tokens": n,
                 "ppl_data": self.ppl_data,

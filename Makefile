@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 # pip picks the torch that fits (override with `make setup TORCH_SPEC=torch==X`).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 RECIPE ?= recipes/smollm2-16k-cpu.yaml
+BUDGET ?= 45m
 
 .PHONY: setup demo test lint bench clean compat-env
 
@@ -27,7 +28,7 @@ compat-env: setup
 	$(BIN)/python -m posinterp.compat_env
 
 demo: setup
-	$(BIN)/posinterp run $(RECIPE) --estimate
+	$(BIN)/posinterp run $(RECIPE) --estimate --budget $(BUDGET)
 
 lint: setup
 	$(BIN)/ruff check .

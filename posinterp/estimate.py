@@ -94,44 +94,62 @@ def estimate(config: Any, *, seq_len: int, micro_batch: int, grad_accum: int, st
 
 
 # -- this machine's speed, measured -------------------------------------------------------------------
+def _fit(points: dict) -> tuple[float, float]:
+    """(a, b) of t(T) = a·T + b·T² through the two shortest measured (tokens → seconds) points."""
+    (t1, s1), (t2, s2) = sorted((int(k), float(v)) for k, v in points.items())[:2]
+    b = max(0.0, (s2 / t2 - s1 / t1) / (t2 - t1))
+    return max(0.0, s1 / t1 - b * t1), b
+
+
 @dataclass
 class Speed:
     """Measured seconds of one forward (batch 1) and one training micro-step of a model, in one precision.
 
-    Forward time is fitted as t(T) = a·T + b·T² (the weights' matmuls grow with T, attention with T²)
-    through two measured lengths; training scales with the same curve from its measured length.
+    Each is fitted as t(T) = a·T + b·T² (the weights' matmuls grow with T, attention with T²) through
+    two measured lengths; an optimizer step adds a fixed `optimizer_s` to every training step.
     """
 
     precision: str
     forward: dict
-    """tokens → measured seconds of one forward."""
-    train_tokens: int
-    train_s: float
-    """measured seconds of one micro-step (forward, backward, optimizer) at `train_tokens`."""
+    """tokens → measured seconds of one forward (inference, weights in `precision`)."""
+    train: dict
+    """tokens → measured seconds of one training micro-step's forward and backward (fp32 weights, autocast)."""
+    optimizer_s: float
+    """measured seconds of one AdamW step (every parameter trained)."""
+    head_s_per_token: float = 0.0
+    """measured seconds of the evals' fp32 output head and log-softmax per scored token (perplexity)."""
 
     @property
     def fit(self) -> tuple[float, float]:
-        (t1, s1), (t2, s2) = sorted((int(k), float(v)) for k, v in self.forward.items())[:2]
-        b = max(0.0, (s2 / t2 - s1 / t1) / (t2 - t1))
-        return max(0.0, s1 / t1 - b * t1), b
+        return _fit(self.forward)
+
+    @property
+    def train_fit(self) -> tuple[float, float]:
+        return _fit(self.train)
 
     def forward_s(self, tokens: int) -> float:
         a, b = self.fit
         return a * tokens + b * tokens**2
 
     def train_step_s(self, tokens: int, micro_steps: int = 1) -> float:
-        return micro_steps * self.train_s * self.forward_s(tokens) / self.forward_s(self.train_tokens)
+        a, b = self.train_fit
+        return micro_steps * (a * tokens + b * tokens**2) + self.optimizer_s
 
     def as_dict(self) -> dict:
-        a, b = self.fit
-        return {**asdict(self), "fit_a_s_per_token": a, "fit_b_s_per_token2": b}
+        (a, b), (ta, tb) = self.fit, self.train_fit
+        return {**asdict(self), "fit_a_s_per_token": a, "fit_b_s_per_token2": b, "train_fit_a_s_per_token": ta,
+                "train_fit_b_s_per_token2": tb}
 
 
-def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", lengths: tuple = (512, 2048),
-                  train_tokens: int = 1024) -> Speed:
-    """Time `model` here: one forward at each of `lengths`, one training micro-step at `train_tokens`.
+def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", lengths: tuple = (1024, 4096),
+                  train_lengths: tuple = (1024, 2048)) -> Speed:
+    """Time `model` here: one forward at each of `lengths`, a training micro-step at each of
+    `train_lengths`, and one optimizer step.
 
-    Takes a few seconds for a 135M model on a CPU; the result prices every stage of a plan.
+    The curves are extrapolated to the evaluated lengths (up to 16384 and more), so the longer
+    measured length should be long: through 512 and 2048 the fit priced SmolLM2's 8192-token windows
+    at 0.6× their measured time on 2 CPU cores (attention slows per FLOP as it outgrows the caches).
+    Takes ≈ 40 s for a 135M model on 2 CPU cores; the result prices every stage of a plan.
     """
     import time
 
@@ -150,8 +168,9 @@ def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", leng
     def ids(n: int) -> Any:
         return torch.randint(0, vocab, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
 
-    def timed(fn: Any, repeats: int = 2) -> float:
-        fn()  # warm-up: kernel selection, first-call allocations
+    def timed(fn: Any, repeats: int = 2, warm: bool = True) -> float:
+        if warm:
+            fn()  # warm-up: kernel selection, first-call allocations
         best = float("inf")
         for _ in range(repeats):
             if device == "cuda":
@@ -167,27 +186,37 @@ def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", leng
     lm, _ = prep.load(torch.float32, device=device)
     body = lm.get_decoder()
     autocast = torch.autocast(device, dtype=choice.torch_dtype, enabled=choice.name != "fp32")
-    x = ids(int(train_tokens))
-    optimizer = torch.optim.AdamW(lm.parameters(), lr=0.0)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=0.0, **({"fused": True} if device in ("cpu", "cuda") else {}))
 
-    def step() -> None:
+    def micro_step(x: Any) -> None:
+        lm.zero_grad(set_to_none=False)  # gradients are kept for the optimizer step below
         with autocast:
             hidden = body(input_ids=x, use_cache=False).last_hidden_state
             loss = causal_lm_loss(hidden, lm.get_output_embeddings().weight, x)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     lm.train()
-    train_s = timed(step, repeats=1)
+    train = {}
+    for i, n in enumerate(train_lengths):
+        x = ids(int(n))
+        train[int(n)] = timed(lambda x=x: micro_step(x), repeats=1, warm=i == 0)
+    optimizer_s = timed(optimizer.step, repeats=2)
     # evaluations hold the weights in the chosen dtype (posinterp.evals.common.load): the same model, cast
+    lm.zero_grad(set_to_none=True)
     lm.to(choice.torch_dtype).eval()
     forward = {}
-    for n in lengths:
+    for i, n in enumerate(lengths):
         x = ids(int(n))
         with torch.inference_mode():
-            forward[int(n)] = timed(lambda x=x: body(input_ids=x, use_cache=False))
-    return Speed(choice.name, forward, int(train_tokens), train_s)
+            forward[int(n)] = timed(lambda x=x: body(input_ids=x, use_cache=False), repeats=2 if i == 0 else 1,
+                                    warm=i == 0)
+    from posinterp.evals.common import Head
+
+    head, rows = Head(lm), 1024
+    hidden = torch.randn(rows, int(prep.config.hidden_size), device=device).to(choice.torch_dtype)
+    with torch.inference_mode():
+        head_s = timed(lambda: head.log_probs_of(hidden, ids(rows)[0]), repeats=1) / rows
+    return Speed(choice.name, forward, train, optimizer_s, head_s)
 
 
 LOAD_S = 5.0
@@ -200,13 +229,14 @@ def train_seconds(speed: Speed, *, steps: int, seq_len: int, batch_size: int = 1
 
 
 def ppl_seconds(speed: Speed, *, doc_tokens: list[int], windows: dict[int, int]) -> float:
-    """A perplexity stage: every sliding window (size → stride) over documents of `doc_tokens` tokens."""
+    """A perplexity stage: every sliding window (size → stride) over documents of `doc_tokens` tokens, its
+    forward and the fp32 head on the tokens it scores."""
     from posinterp.evals.perplexity import windows as spans
 
     total = LOAD_S
     for size, stride in windows.items():
         for n in doc_tokens:
-            total += sum(speed.forward_s(e - b) for b, e, _ in spans(n, size, stride))
+            total += sum(speed.forward_s(e - b) + (e - f) * speed.head_s_per_token for b, e, f in spans(n, size, stride))
     return total
 
 

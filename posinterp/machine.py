@@ -35,7 +35,12 @@ PROBE_N = 1024
 
 SLOW_BF16_S = 0.02
 """A first 256³ bf16 matmul slower than this (< 1.7 GFLOP/s) is the generic fallback kernel: decided
-at once, without the longer measurement (which would take seconds there)."""
+at once, without the longer measurement (which would take seconds there), if it is also SLOW_RATIO
+times slower than the same fp32 matmul."""
+SLOW_RATIO = 10.0
+"""The fallback is ≈ 200× slower than fp32 (an AVX2 CPU, or oneDNN capped at AVX2); a busy machine slows both."""
+CACHE_ENTRIES = 8
+"""Probe results kept, one per (CPU, flags, torch, threads, oneDNN cap): different thread counts don't evict each other."""
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 """Names a user may give; `auto` is resolved by `choose_precision`."""
@@ -117,8 +122,13 @@ def _cpu_key() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": name or platform.processor() or platform.machine(), "flags": flags, "capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    key = {"cpu": name or platform.processor() or platform.machine(), "flags": flags,
+           "capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+           "threads": torch.get_num_threads()}
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if isa:  # oneDNN capped (e.g. AVX2: bf16 falls back to the slow path): a different machine to the probe
+        key["onednn_max_isa"] = isa
+    return key
 
 
 def matmul_tflops(dtype: Any, n: int = PROBE_N, seconds: float = 0.15, device: str = "cpu") -> float:
@@ -140,17 +150,26 @@ def matmul_tflops(dtype: Any, n: int = PROBE_N, seconds: float = 0.15, device: s
     return 2 * n**3 / best / 1e12
 
 
-def _measure() -> dict:
+def _first_call_s(dtype: Any) -> float:
+    """Seconds of one 256³ matmul in `dtype`, after a warm-up call."""
     import torch
 
-    a = torch.randn(256, 256).to(torch.bfloat16)
+    a = torch.randn(256, 256).to(dtype)
     a @ a
     t0 = time.perf_counter()
     a @ a
-    first = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def _measure() -> dict:
+    import torch
+
+    bf16_first, fp32_first = _first_call_s(torch.bfloat16), _first_call_s(torch.float32)
     fp32 = matmul_tflops(torch.float32)
-    if first > SLOW_BF16_S:  # the generic fallback: don't spend seconds confirming it
-        bf16 = 2 * 256**3 / first / 1e12
+    # the generic fallback: don't spend seconds confirming it. Relative to fp32's first call, so that a
+    # machine busy with other work (every call slow) is measured properly rather than called slow
+    if bf16_first > SLOW_BF16_S and bf16_first > SLOW_RATIO * fp32_first:
+        bf16 = 2 * 256**3 / bf16_first / 1e12
     else:
         bf16 = matmul_tflops(torch.bfloat16)
     return {"bf16_tflops": round(bf16, 5), "fp32_tflops": round(fp32, 5), "speedup": round(bf16 / fp32, 4),
@@ -167,19 +186,24 @@ def probe(refresh: bool = False) -> dict:
     """bf16 and fp32 matmul TFLOP/s on this CPU with the threads torch uses; cached per machine."""
     key = _cpu_key()
     path = _cache_path()
-    if not refresh and path.is_file():
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return {**cached["result"], **key, "cached": True}
-        except (OSError, ValueError, KeyError):
-            pass
+    entries: list[dict] = []
+    try:
+        saved = json.loads(path.read_text())
+        entries = [e for e in saved.get("entries", []) if isinstance(e, dict) and "key" in e and "result" in e]
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not refresh:
+        for e in entries:
+            if e["key"] == key:
+                return {**e["result"], **key, "cached": True}
     result = _measure()
+    entries = [e for e in entries if e["key"] != key][-(CACHE_ENTRIES - 1):] + [
+        {"key": key, "result": result, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}]
     try:
         from posinterp.atomic import write_json
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"key": key, "result": result})
+        write_json(path, {"entries": entries})
     except OSError:  # a read-only home: measure again next time
         pass
     return {**result, **key, "cached": False}

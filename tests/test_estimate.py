@@ -11,7 +11,8 @@ from posinterp.estimate import Speed
 def _speed() -> Speed:
     # t(T) = 1e-4·T + 1e-8·T² exactly: 512 → 0.05382, 2048 → 0.24674
     f = lambda t: 1e-4 * t + 1e-8 * t * t  # noqa: E731
-    return Speed("fp32", {512: f(512), 2048: f(2048)}, 1024, 3 * f(1024))
+    g = lambda t: 3 * f(t)  # noqa: E731  (training: forward and backward)
+    return Speed("fp32", {512: f(512), 2048: f(2048)}, {1024: g(1024), 2048: g(2048)}, 0.5, 1e-5)
 
 
 def test_forward_curve_is_fitted_through_the_two_lengths():
@@ -19,16 +20,19 @@ def test_forward_curve_is_fitted_through_the_two_lengths():
     a, b = s.fit
     assert a == pytest.approx(1e-4) and b == pytest.approx(1e-8)
     assert s.forward_s(16384) == pytest.approx(1e-4 * 16384 + 1e-8 * 16384**2)
-    assert s.train_step_s(4096, 2) == pytest.approx(2 * 3 * s.forward_s(4096))
+    assert s.train_fit == pytest.approx((3e-4, 3e-8))
+    # two micro-steps' forward and backward, one optimizer step
+    assert s.train_step_s(4096, 2) == pytest.approx(2 * 3 * s.forward_s(4096) + 0.5)
 
 
 def test_stage_prices_add_up_their_forwards():
     s = _speed()
     train = estimate.train_seconds(s, steps=10, seq_len=2048, grad_accum=2)
-    assert train == pytest.approx(estimate.LOAD_S + 10 * 2 * 3 * s.forward_s(2048))
+    assert train == pytest.approx(estimate.LOAD_S + 10 * (2 * 3 * s.forward_s(2048) + 0.5))
     # one 4096-token document, window 2048 stride 1024: windows [0,2048) [1024,3072) [2048,4096)
     ppl = estimate.ppl_seconds(s, doc_tokens=[4096], windows={2048: 1024})
-    assert ppl == pytest.approx(estimate.LOAD_S + 3 * s.forward_s(2048))
+    # scored: the first window from its second token, the last 1024 tokens of the others
+    assert ppl == pytest.approx(estimate.LOAD_S + 3 * s.forward_s(2048) + (2047 + 1024 + 1024) * 1e-5)
     pk = estimate.passkey_seconds(s, lengths=[1000], trials=2, new_tokens=0)
     assert pk == pytest.approx(estimate.LOAD_S + 2 * s.forward_s(1000))
 
@@ -44,6 +48,7 @@ def test_train_and_estimate_share_the_activation_rule_and_loss_chunk():
 
 
 def test_measured_speed_on_a_tiny_model(tiny_dir):
-    s = estimate.measure_speed(str(tiny_dir()), precision="fp32", lengths=(32, 128), train_tokens=64)
-    assert s.precision == "fp32" and set(s.forward) == {32, 128} and s.train_s > 0
+    s = estimate.measure_speed(str(tiny_dir()), precision="fp32", lengths=(32, 128), train_lengths=(32, 64))
+    assert s.precision == "fp32" and set(s.forward) == {32, 128} and set(s.train) == {32, 64}
+    assert s.optimizer_s > 0 and s.train_step_s(64) > s.optimizer_s and s.head_s_per_token > 0
     assert s.forward_s(256) > s.forward_s(128) > 0

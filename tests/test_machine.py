@@ -68,10 +68,36 @@ def test_probe_measures_both_dtypes_and_is_cached(monkeypatch, tmp_path):
     assert first["bf16_tflops"] > 0 and first["fp32_tflops"] > 0 and not first["cached"]
     second = machine.probe()
     assert second["cached"] and second["bf16_tflops"] == first["bf16_tflops"] and len(calls) == 1
-    saved = json.loads((tmp_path / "machine-probe.json").read_text())
+    (saved,) = json.loads((tmp_path / "machine-probe.json").read_text())["entries"]
     assert saved["key"]["torch"] and saved["result"]["speedup"] == first["speedup"]
     machine.probe(refresh=True)
     assert len(calls) == 2
+
+
+def test_a_capped_onednn_is_probed_as_another_machine(monkeypatch, tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 as slow as on an AVX2-only CPU: the cached fast answer must not apply."""
+    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    answers = iter([{"bf16_tflops": 1.0, "fp32_tflops": 0.2, "speedup": 5.0, "probe_n": 8},
+                    {"bf16_tflops": 0.001, "fp32_tflops": 0.2, "speedup": 0.005, "probe_n": 8}])
+    monkeypatch.setattr(machine, "_measure", lambda: next(answers))
+    assert machine.probe()["speedup"] == 5.0 and "onednn_max_isa" not in machine._cpu_key()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = machine.probe()
+    assert not capped["cached"] and capped["speedup"] == 0.005 and capped["onednn_max_isa"] == "AVX2"
+    assert machine.choose_precision("auto").name == "fp32"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")  # both answers are kept: neither evicts the other
+    assert machine.probe()["cached"] and machine.probe()["speedup"] == 5.0
+
+
+def test_a_busy_machine_is_measured_not_called_slow(monkeypatch):
+    """Every first call slow (other work on the CPU): bf16 is measured properly, not taken for the fallback."""
+    monkeypatch.setattr(machine, "_first_call_s", lambda dtype: 0.5)
+    measured = []
+    monkeypatch.setattr(machine, "matmul_tflops", lambda dtype, **k: measured.append(str(dtype)) or 0.2)
+    machine._measure()
+    assert measured == ["torch.float32", "torch.bfloat16"]
 
 
 def test_probe_is_quick_on_the_slow_kernel(monkeypatch):

@@ -8,6 +8,7 @@ its train stage and run again (the same final weights, bit for bit), and given i
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -201,7 +202,7 @@ def test_estimates_are_priced_before_the_run_and_reported_beside_the_measured_ti
     saved = json.loads((out / "estimates.json").read_text())
     timings = json.loads((out / "timings.json").read_text())
     assert set(saved["stages"]) == set(timings) and all(v > 0 for v in saved["stages"].values())
-    assert saved["speed"]["train_s"] > 0 and saved["trimmed"] == [] and saved["budget_s"] is None
+    assert saved["speed"]["optimizer_s"] > 0 and saved["speed"]["train"] and saved["trimmed"] == [] and saved["budget_s"] is None
     report = (out / "report.md").read_text()
     assert "| stage | estimated s | measured s | measured / estimated |" in report
 
@@ -222,7 +223,7 @@ def test_a_budget_trims_what_it_says_or_refuses_before_anything_is_written(input
 
     r, _ = load_recipe(recipe)
     sc = scale(r)
-    speed = measure_speed(r.model, precision="fp32", lengths=(32, 128), train_tokens=64)
+    speed = measure_speed(r.model, precision="fp32", lengths=(32, 128), train_lengths=(32, 64))
     import dataclasses
 
     full = sum(stage_estimates(plan(r, inputs / "tight", sc=sc), speed).values())
@@ -234,3 +235,16 @@ def test_a_budget_trims_what_it_says_or_refuses_before_anything_is_written(input
     assert trims == ["passkey trials 3 → 1 per length"] and trimmed.eval.passkey.trials == 1
     assert sum(est.values()) == pytest.approx(fewer) and fewer <= budget < full
     assert not (inputs / "tight").exists()
+
+
+def test_equal_budget_rows_with_eval_every_put_curves_in_the_report(inputs):
+    """pi_ft, yarn_ft and nopi_ft fine-tuned the same way, evaluated along the way: curves in the report."""
+    out = inputs / "curves"
+    run(_recipe(inputs, "curves", rows=["pi_ft", "yarn_ft", "nopi_ft"], train__steps=4, train__eval_every=2,
+                train__eval_lengths="128", train__eval_trials=1, train__eval_ppl_data=str(inputs / "data"),
+                train__eval_ppl_tokens=256))
+    report = (out / "report.md").read_text()
+    assert "## During fine-tuning" in report and (out / "training_curves.png").is_file()
+    rows = list(csv.DictReader((out / "training_curves.csv").open()))
+    assert {r["row"] for r in rows} == {"pi_ft", "yarn_ft", "nopi_ft"}
+    assert sorted({int(r["step"]) for r in rows}) == [0, 2, 4]

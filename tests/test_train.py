@@ -156,6 +156,23 @@ def test_resume_in_process_continues_identically(tiny_dir, tmp_path):
         train(model, out=tmp_path / "part", steps=6, resume=True, force=True, **{**common, "seq_len": 32})
 
 
+def test_the_stages_drive_the_same_run_by_hand(tiny_dir, tmp_path):
+    """setup → train_step × N → finish is `train` itself: same losses, bit-equal weights."""
+    from posinterp import train as train_module
+
+    model = str(tiny_dir())
+    common = dict(lr=1e-3, warmup=2, steps=3, **TINY)
+    ref = train(model, out=tmp_path / "ref", **common)
+    s = train_module.setup(TrainConfig(model=model, out=tmp_path / "hand", **common))
+    assert s.start == 0 and s.plan.seq_len == 64 and s.settings["global_batch"] == 1
+    rows = [train_module.train_step(s, step) for step in range(1, 4)]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["tokens"] == 3 * 64
+    s.metrics.close()
+    out = train_module.finish(s, 0.0)
+    _bit_equal(ref, out)
+    assert [r["loss"] for r in rows] == _losses(tmp_path / "ref-checkpoints")
+
+
 def test_lora_trains_and_merges(tiny_dir, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM

@@ -78,6 +78,7 @@ def test_transformers4_reads_extended_checkpoints(tiny_dir, tmp_path, side_pytho
                                                                       tokenize=False)
         logits4 = load_file(entry["logits"])["logits"]
         delta = (logits4 - logits5).abs().max().item()
+        print(f"{name}: max |Δ logits| transformers {report['transformers']} vs 5.x = {delta:.3g}")  # pytest -s
         assert delta <= 1e-5, f"{name}: max |Δ logits| 4.x vs 5.x = {delta:.3g}"
     assert seen["pi"]["config"]["rope_theta"] == THETA
 

@@ -114,6 +114,55 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generation_settings(cfg: SummarizeConfig, tokenizer: Any) -> tuple[dict[str, Any], str]:
+    """(`generate` keyword arguments, the decoding in words): greedy, or the paper's top-p sampling."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": int(cfg.max_new_tokens), "use_cache": True,
+                                  "eos_token_id": eos, "pad_token_id": pad}
+    if cfg.greedy:
+        gen_kwargs.update(do_sample=False)
+        return gen_kwargs, "greedy decoding"
+    # top_k=0 turns off the library's default top-k 50: the paper samples with top-p only
+    gen_kwargs.update(do_sample=True, temperature=float(cfg.temperature), top_p=float(cfg.top_p), top_k=0)
+    return gen_kwargs, f"sampling, temperature {cfg.temperature:g}, top-p {cfg.top_p:g}, seed {cfg.seed} + document index"
+
+
+def summarize_documents(model: Any, tokenizer: Any, pairs: list, budget: Any, gen_kwargs: dict[str, Any],
+                        seed: int) -> tuple[list[dict], list[dict]]:
+    """(per-document rows with ROUGE, generations): one `generate` per document, seeded by seed + index."""
+    import torch
+
+    from posinterp import sft
+    from posinterp.evals.common import eval_mode
+
+    rs = scorer()
+    eos = gen_kwargs["eos_token_id"]
+    docs, generations = [], []
+    for i, pair in enumerate(pairs):
+        ids = sft.prompt_only(tokenizer, pair.document, budget.max_input_tokens)
+        doc_tokens = len(tokenizer(pair.document, add_special_tokens=False)["input_ids"])
+        input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, T)
+        torch.manual_seed(seed + i)
+        t0 = time.time()
+        with eval_mode(model):  # inference mode, no activation checkpointing: the KV cache is used
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs)
+        seconds = time.time() - t0
+        new = out[0, input_ids.shape[1]:].tolist()
+        if eos is not None and eos in new:
+            new = new[:new.index(eos)]
+        text = tokenizer.decode(new, skip_special_tokens=True).strip()
+        scores = {k: 100.0 * v for k, v in rouge(pair.summary, text, rs).items()}
+        row = {"name": pair.name, "document_tokens": doc_tokens, "truncated": doc_tokens > budget.max_input_tokens,
+               "prompt_tokens": len(ids), "new_tokens": len(new), "seconds": round(seconds, 2), **scores}
+        docs.append(row)
+        generations.append({**{k: row[k] for k in ("name", "prompt_tokens", "truncated", "new_tokens")},
+                            "reference": pair.summary, "generation": text, **scores})
+        log.info("[%d/%d] %s: %d prompt tokens → %d new in %.1f s; ROUGE-1/2/L %.1f / %.1f / %.1f",
+                 i + 1, len(pairs), pair.name, len(ids), len(new), seconds, *(scores[k] for k in ROUGE_TYPES))
+    return docs, generations
+
+
 def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     """Generate a summary of every document, score it with ROUGE, write results; returns them.
 
@@ -140,48 +189,14 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
 
     import torch
 
-    from posinterp.evals.common import eval_mode
-
     model, _ = prep.load(getattr(torch, cfg.dtype), device=cfg.device)
     model.config.use_cache = True
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": int(cfg.max_new_tokens), "use_cache": True,
-                                  "eos_token_id": eos, "pad_token_id": pad}
-    if cfg.greedy:
-        gen_kwargs.update(do_sample=False)
-        decoding = "greedy decoding"
-    else:
-        # top_k=0 turns off the library's default top-k 50: the paper samples with top-p only
-        gen_kwargs.update(do_sample=True, temperature=float(cfg.temperature), top_p=float(cfg.top_p), top_k=0)
-        decoding = f"sampling, temperature {cfg.temperature:g}, top-p {cfg.top_p:g}, seed {cfg.seed} + document index"
+    gen_kwargs, decoding = generation_settings(cfg, tokenizer)
     log.info("summarize %s: %d documents of %s, window %d, document ≤ %d tokens, ≤ %d new tokens, %s",
              cfg.model, len(pairs), data_name, win, budget.max_input_tokens, cfg.max_new_tokens, decoding)
 
-    rs = scorer()
-    docs, generations = [], []
     t_all = time.time()
-    for i, pair in enumerate(pairs):
-        ids = sft.prompt_only(tokenizer, pair.document, budget.max_input_tokens)
-        doc_tokens = len(tokenizer(pair.document, add_special_tokens=False)["input_ids"])
-        input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, T)
-        torch.manual_seed(int(cfg.seed) + i)
-        t0 = time.time()
-        with eval_mode(model):  # inference mode, no activation checkpointing: the KV cache is used
-            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **gen_kwargs)
-        seconds = time.time() - t0
-        new = out[0, input_ids.shape[1]:].tolist()
-        if eos is not None and eos in new:
-            new = new[:new.index(eos)]
-        text = tokenizer.decode(new, skip_special_tokens=True).strip()
-        scores = {k: 100.0 * v for k, v in rouge(pair.summary, text, rs).items()}
-        row = {"name": pair.name, "document_tokens": doc_tokens, "truncated": doc_tokens > budget.max_input_tokens,
-               "prompt_tokens": len(ids), "new_tokens": len(new), "seconds": round(seconds, 2), **scores}
-        docs.append(row)
-        generations.append({**{k: row[k] for k in ("name", "prompt_tokens", "truncated", "new_tokens")},
-                            "reference": pair.summary, "generation": text, **scores})
-        log.info("[%d/%d] %s: %d prompt tokens → %d new in %.1f s; ROUGE-1/2/L %.1f / %.1f / %.1f",
-                 i + 1, len(pairs), pair.name, len(ids), len(new), seconds, *(scores[k] for k in ROUGE_TYPES))
+    docs, generations = summarize_documents(model, tokenizer, pairs, budget, gen_kwargs, int(cfg.seed))
 
     mean = {}
     for k in ROUGE_TYPES:

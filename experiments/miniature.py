@@ -147,6 +147,16 @@ def curve(metrics: Path) -> list[dict]:
             for r in rows if r.get("kind") == "eval"]
 
 
+def mean_losses(metrics: Path, every: int = 250) -> dict[str, float]:
+    """Mean training loss over each `every` steps (key: the last step of the span)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    spans: dict[int, list[float]] = {}
+    for r in rows:
+        if r.get("kind", "train") == "train" and "loss" in r and "error" not in r:
+            spans.setdefault((int(r["step"]) - 1) // every, []).append(float(r["loss"]))
+    return {str((k + 1) * every): round(sum(v) / len(v), 4) for k, v in sorted(spans.items())}
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -219,7 +229,8 @@ def run(args: argparse.Namespace) -> dict:
         best = max(chunks, key=lambda k: (chunks[k], -int(k)))  # the earliest of the best chunks
         premise = {"steps": steps, "model": str(root / f"pretrained-{best}"), "used_steps": int(best),
                    "inside_L": acc if best == str(steps) else premise.get("inside_L"),
-                   "holds": chunks[best] >= PREMISE, "curve": curve(pt_ckpt / "metrics.jsonl")}
+                   "holds": chunks[best] >= PREMISE, "curve": curve(pt_ckpt / "metrics.jsonl"),
+                   "mean_loss": mean_losses(pt_ckpt / "metrics.jsonl")}
         result["pretrain_result"] = premise
         result["timings"]["pretrain_s"] = round(result["timings"].get("pretrain_s", 0) + time.time() - t0, 1)
         t0 = time.time()
@@ -373,7 +384,14 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = argv
     args.factors = sorted({int(r.split("@")[1]) for r in args.rows})
     if args.summarize_only:
-        result = json.loads((Path(args.out) / f"{args.config}.json").read_text())
+        path = Path(args.out) / f"{args.config}.json"
+        result = json.loads(path.read_text())
+        metrics = Path(args.runs) / args.config / "pretrain-checkpoints" / "metrics.jsonl"
+        if "mean_loss" not in result.get("pretrain_result", {}) and metrics.is_file():  # runs made before it
+            from posinterp.atomic import write_json
+
+            result["pretrain_result"]["mean_loss"] = mean_losses(metrics)
+            write_json(path, result)
     else:
         result = run(args)
     print(table(result))

@@ -45,17 +45,25 @@ from pathlib import Path
 
 CONFIGS = {
     "smollm2": {"hidden": 128, "heads": 2, "layers": 2, "rope_theta": 1e5, "intermediate": 256},
-    "llama": {"hidden": 256, "heads": 2, "layers": 2, "rope_theta": 1e4, "intermediate": 512,
-              "init_std": 0.0707, "lr": 1e-3},
+    "llama": {"hidden": 128, "heads": 2, "head_dim": 128, "layers": 2, "rope_theta": 1e4, "intermediate": 256},
+    "llama-wide": {"hidden": 256, "heads": 2, "layers": 2, "rope_theta": 1e4, "intermediate": 512,
+                   "init_std": 0.0707, "lr": 1e-3},
+    # which of the two differences stops `llama` learning to copy: each changes one of them (--pretrain-only)
+    "smollm2-theta1e4": {"hidden": 128, "heads": 2, "layers": 2, "rope_theta": 1e4, "intermediate": 256},
+    "llama-theta1e5": {"hidden": 128, "heads": 2, "head_dim": 128, "layers": 2, "rope_theta": 1e5,
+                       "intermediate": 256},
 }
-"""The heads are the point (d_head = hidden / heads); the MLP is narrow (2·hidden) to fit the time. Tried
-first (seed 0, 2026-12-02, all on passkey documents): smollm2 with a sequence shuffle over the whole run
-stayed at 0.00–0.18 inside L through 5000 steps; 256 wide with 4 heads of 64, and llama, both on one
-core each, at 0.00 after 2000 steps; smollm2 with the default 1000-sequence shuffle reached 0.50, 0.63 and
-0.70 after 1000, 2000 and 3000 steps (a run whose text share then arrived all at once; see TEXT_SHARE);
-llama with smollm2's init (std 0.1) and lr (2e-3) at 0.00 after 2000 steps, twice. llama's init std and
-lr are therefore scaled to its width (0.1·√(128/256), 2e-3 · 128/256), so that its units start and move
-at the scale of smollm2's."""
+"""The heads are the point; the MLP is narrow (2·hidden) to fit the time. `llama` differs from `smollm2` in
+its heads alone (d_head 128, θ 1e4; q/k/v project 128 → 2 × 128, as Gemma's heads are wider than its
+hidden / heads), with the same width, MLP, init and lr. `llama-wide` reaches d_head 128 the usual way
+(hidden 256 = 2 × 128); see results/miniature/llama-wide.json for how far it got. Tried before that (seed 0,
+2026-12-02, all on passkey documents): smollm2 with a sequence shuffle over the whole run stayed at
+0.00–0.18 inside L through 5000 steps; 256 wide with 4 heads of 64, and llama-wide, both on one core each,
+at 0.00 after 2000 steps; smollm2 with the default 1000-sequence shuffle reached 0.50, 0.63 and 0.70 after
+1000, 2000 and 3000 steps (a run whose text share then arrived all at once; see TEXT_SHARE); llama-wide
+with smollm2's init (std 0.1) and lr (2e-3) at 0.00 after 2000 steps, twice, hence its init std and lr
+scaled to its width (0.1·√(128/256), 2e-3 · 128/256). Width 256 failing with heads of 64 and of 128 alike
+points at the width, not the heads: hence `llama`."""
 L = 256
 ANSWER = 8
 """Prompts are this much shorter than a window, so the eval's 8 decoded tokens stay inside it."""
@@ -103,12 +111,48 @@ def text_sequences(tokenizer, seq_len: int, count: int, seed: int) -> list[str]:
     return chunks[:count]
 
 
-def mixed(tokenizer, *, sequences: int, seq_len: int, seed: int, text_share: float) -> list[str]:
-    from posinterp.synthetic import passkey_sequences
+def copy_sequences(tokenizer, seq_len: int, count: int, seed: int) -> list[str]:
+    """`count` copying documents of exactly seq_len − 1 tokens: a random span of the template's words and 5-digit
+    numbers (one in four units), of random length 4 … (seq_len − 1) / 2 tokens, repeated until the document is
+    full. Every token after the first span is predictable by looking back one span: the induction-head
+    signal that the passkey documents alone give on only ~10 of 256 tokens."""
+    vocab = tokenizer.get_vocab().values()
+    words = sorted(t for t in vocab if len(d := tokenizer.decode([t])) > 1 and d.startswith(" ")
+                   and tokenizer(d, add_special_tokens=False)["input_ids"] == [t])
+    rng = random.Random(f"copy:{seed}:{seq_len}")
+    target = seq_len - 1
+    docs = []
+    while len(docs) < count:
+        span: list[int] = []
+        size = rng.randint(4, target // 2)
+        while len(span) < size:
+            if rng.random() < 0.25:
+                span += tokenizer(f" {rng.randint(10000, 99999)}", add_special_tokens=False)["input_ids"]
+            else:
+                span.append(rng.choice(words))
+        ids = (span * (target // len(span) + 1))[:target]
+        text = tokenizer.decode(ids)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) == target:  # a cut that re-tokenizes alike
+            docs.append(text)
+    return docs
+
+
+def mixed(tokenizer, *, sequences: int, seq_len: int, seed: int, text_share: float, copy_share: float = 0.0) -> list[str]:
+    """Passkey sequences, with shares of Gutenberg text and copying sequences. With a copying share, all the
+    sequences are shuffled together (seeded), so every share arrives all along the run."""
+    from posinterp.synthetic import passkey_sequence_groups, passkey_sequences
 
     n_text = int(round(sequences * text_share))
-    return (passkey_sequences(tokenizer, sequences=sequences - n_text, seq_len=seq_len, seed=seed)
-            + (text_sequences(tokenizer, seq_len, n_text, seed) if n_text else []))
+    n_copy = int(round(sequences * copy_share))
+    n_pk = sequences - n_text - n_copy
+    if not n_copy:  # the runs recorded before copy_share: text appended after the passkey sequences
+        return (passkey_sequences(tokenizer, sequences=n_pk, seq_len=seq_len, seed=seed)
+                + (text_sequences(tokenizer, seq_len, n_text, seed) if n_text else []))
+    units = (passkey_sequence_groups(tokenizer, sequences=n_pk, seq_len=seq_len, seed=seed)
+             + [[t] for t in (text_sequences(tokenizer, seq_len, n_text, seed) if n_text else [])]
+             + [[t] for t in copy_sequences(tokenizer, seq_len, n_copy, seed)])
+    random.Random(f"mix:{seed}:{seq_len}").shuffle(units)
+    return [t for unit in units for t in unit]
 
 
 def retrieval(model: Path, lengths: str, trials: int, seed: int, beyond: bool = False) -> dict:
@@ -172,8 +216,10 @@ def run(args: argparse.Namespace) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     result_path = Path(args.out) / f"{args.config}.json"
     result = json.loads(result_path.read_text()) if result_path.is_file() and not args.fresh else {}
-    result.update({"config": args.config, "model": {**cfg, "d_head": cfg["hidden"] // cfg["heads"], "window": L},
-                   "seed": args.seed, "pretrain": {**pretrain, "text_share": args.text_share, "chunk": args.pretrain_chunk,
+    result.update({"config": args.config, "model": {**cfg, "d_head": cfg.get("head_dim") or cfg["hidden"] // cfg["heads"],
+                                                          "window": L},
+                   "seed": args.seed, "pretrain": {**pretrain, "text_share": args.text_share,
+                                                   "copy_share": args.copy_share, "chunk": args.pretrain_chunk,
                                                    "max_steps": args.pretrain_max},
                    "finetune": {**FINETUNE, "tokens_per_step": FT_TOKENS, "steps": args.steps,
                                 "eval_every": args.eval_every, "factors": args.factors},
@@ -194,13 +240,14 @@ def run(args: argparse.Namespace) -> dict:
     # -- data --------------------------------------------------------------------------------------------
     t0 = time.time()
     files = {}
-    specs = {"pretrain": (args.pretrain_max * PRETRAIN["batch_size"], L, seed, args.text_share)}
+    specs = {"pretrain": (args.pretrain_max * PRETRAIN["batch_size"], L, seed, args.text_share, args.copy_share)}
     for f in args.factors:
-        specs[f"finetune{f}"] = (args.steps * max(1, FT_TOKENS // (f * L)), f * L, seed + 1000, args.text_share)
-    for name, (n, seq_len, s, share) in specs.items():
+        specs[f"finetune{f}"] = (args.steps * max(1, FT_TOKENS // (f * L)), f * L, seed + 1000, args.text_share,
+                                 args.copy_share)
+    for name, (n, seq_len, s, share, copy) in specs.items():
         path = root / f"{name}.jsonl"
         if not path.is_file():
-            write_jsonl(mixed(tok, sequences=n, seq_len=seq_len, seed=s, text_share=share), path)
+            write_jsonl(mixed(tok, sequences=n, seq_len=seq_len, seed=s, text_share=share, copy_share=copy), path)
         files[name] = path
     held = root / "held.jsonl"
     if not held.is_file():  # held out: one passkey document of exactly 4L − 1 tokens per sequence
@@ -240,6 +287,8 @@ def run(args: argparse.Namespace) -> dict:
     pretrained = Path(premise["model"])
     result["pretrain_result"]["ppl_at_L"] = ppl(pretrained, held, L)
     save()
+    if args.pretrain_only:
+        return result
 
     # -- 2. the same fine-tune for every row ------------------------------------------------------------
     from posinterp.extend import extend
@@ -372,12 +421,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="docs/results/miniature", help="where <config>.json and the plot go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--text-share", type=float, default=TEXT_SHARE)
+    p.add_argument("--copy-share", type=float, default=0.0, help="share of copying sequences (copy_sequences)")
     p.add_argument("--pretrain-chunk", type=int, default=1000)
     p.add_argument("--pretrain-max", type=int, default=8000)
     p.add_argument("--steps", type=int, default=1000, help="fine-tune steps of every row")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--rows", type=lambda s: s.split(","), default=["pi_ft@2", "yarn_ft@2", "nopi_ft@2", "pi_ft@4"],
                    help="fine-tuned rows, <pi_ft|yarn_ft|nopi_ft>@<factor>, run in this order")
+    p.add_argument("--pretrain-only", action="store_true", help="stop after pretraining (no extension rows)")
     p.add_argument("--fresh", action="store_true", help="start over (deletes the config's run folder)")
     p.add_argument("--summarize-only", action="store_true")
     args = p.parse_args(argv)

@@ -53,9 +53,9 @@ def passkey_tokenizer(vocab_size: int = VOCAB) -> Any:
 
 def tiny_passkey_model(out: Path, *, window: int, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
                        rope_theta: float = 10000.0, init_std: float = INIT_STD, tokenizer: Any = None,
-                       intermediate: int | None = None) -> Path:
-    """Save a randomly initialised LLaMA (window `window`, MLP width `intermediate`, default 4·hidden) with the
-    passkey tokenizer into `out`."""
+                       intermediate: int | None = None, head_dim: int | None = None) -> Path:
+    """Save a randomly initialised LLaMA (window `window`, MLP width `intermediate`, default 4·hidden; heads of
+    `head_dim`, default hidden / heads) with the passkey tokenizer into `out`."""
     import torch
     import transformers as tf
 
@@ -66,7 +66,8 @@ def tiny_passkey_model(out: Path, *, window: int, seed: int = 0, hidden: int = 6
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=window, tie_word_embeddings=True,
                          rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
-                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, initializer_range=init_std)
+                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, initializer_range=init_std,
+                         head_dim=int(head_dim or hidden // heads))
     model = tf.LlamaForCausalLM(cfg)
     out = Path(out)
     model.save_pretrained(out)
@@ -84,13 +85,20 @@ def passkey_document(builder: Any, rng: random.Random, length: int) -> list[int]
 
 def passkey_sequences(tokenizer: Any, *, sequences: int, seq_len: int, seed: int,
                       min_length: int | None = None, max_length: int | None = None) -> list[str]:
+    """The documents of `passkey_sequence_groups`, in order, as one list."""
+    return [text for group in passkey_sequence_groups(tokenizer, sequences=sequences, seq_len=seq_len, seed=seed,
+                                                      min_length=min_length, max_length=max_length) for text in group]
+
+
+def passkey_sequence_groups(tokenizer: Any, *, sequences: int, seq_len: int, seed: int,
+                            min_length: int | None = None, max_length: int | None = None) -> list[list[str]]:
     """Documents that `posinterp.data` packs into exactly `sequences` training sequences of `seq_len` tokens.
 
     Each sequence is filled with passkey documents of random lengths in [min_length, max_length]
     (default: the shortest the template allows, and seq_len − 1), the first at the sequence's start
     (where the eval's prompts start), each followed by EOS; what is left at the end is filler, so no
     document is ever cut in two. Varying the length keeps the model from finding the question by
-    its absolute position.
+    its absolute position. One list of documents per sequence, so that other sequences can be put between them.
     """
     from posinterp.evals.passkey import PromptBuilder
 
@@ -101,8 +109,9 @@ def passkey_sequences(tokenizer: Any, *, sequences: int, seq_len: int, seed: int
     if lo > hi:
         raise ValueError(f"no passkey document fits: lengths [{lo}, {hi}] with seq_len {seq_len}")
     rng = random.Random(f"synthetic-passkey:{seed}:{seq_len}:{lo}:{hi}")
-    texts = []
+    groups = []
     for _ in range(sequences):
+        texts = []
         room = seq_len  # tokens left in this sequence, EOS included
         while room - 1 >= lo:
             length = rng.randint(lo, min(hi, room - 1))
@@ -112,7 +121,8 @@ def passkey_sequences(tokenizer: Any, *, sequences: int, seq_len: int, seed: int
             room -= length + 1
         if room:
             texts.append(tokenizer.decode(builder.stream(room - 1)))
-    return texts
+        groups.append(texts)
+    return groups
 
 
 def write_jsonl(texts: list[str], out: Path) -> Path:

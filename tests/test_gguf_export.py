@@ -165,3 +165,46 @@ def test_cli(extended, tmp_path, monkeypatch, capsys):
     assert code == 2 and len(lines) == 1 and "does not exist" in lines[0]
     code = main(["export", "gguf", str(extended("dynamic")), "--out", str(tmp_path / "x.gguf"), "--outtype", "q8_0"])
     assert code == 2 and "dynamic NTK" in capsys.readouterr().err
+
+
+def _llama_perplexity():
+    """The llama-perplexity that experiments/llama_cpp_perplexity.py builds (or $POSINTERP_LLAMA_PERPLEXITY)."""
+    import os
+    from pathlib import Path
+
+    from posinterp.models import cache_dir
+
+    env = os.environ.get("POSINTERP_LLAMA_PERPLEXITY")
+    path = Path(env) if env else cache_dir() / "llama.cpp" / f"build-{gguf_export.LLAMA_CPP_VERSION}" / "bin" / "llama-perplexity"
+    if not path.is_file():
+        pytest.skip(f"llama-perplexity is not built ({path}); experiments/llama_cpp_perplexity.py builds it "
+                    "(about 15 min on 2 cores, so not in CI's set-up)")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["pi", "yarn"])
+def test_llama_cpp_scores_the_gguf_as_eval_ppl_does(extended, converter, tmp_path, smol_tokenizer, method):
+    """llama.cpp's own perplexity tool on the exported GGUF (f32) against `posinterp eval ppl` on the checkpoint,
+    on the same 2048 tokens, window 512 (the new one) and stride 256: the same tokens scored, within 0.1%."""
+    import sys
+    from pathlib import Path
+
+    binary = _llama_perplexity()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import llama_cpp_perplexity as check
+
+    ckpt = extended(method)
+    gguf = tmp_path / f"{method}.gguf"
+    export_gguf(str(ckpt), out=gguf, outtype="f32")
+    text = tmp_path / "text.txt"
+    tokens = 2048
+    check.held_out_text("smollm2-135m", tokens, text)
+    ours = check.posinterp_ppl(ckpt, text, 512, 256, tokens)
+    theirs = check.llama_ppl(binary, gguf, text, 512, 256, threads=2)
+    print(f"{method}: posinterp {ours['perplexity']:.4f} on {ours['tokens_scored']} tokens, "
+          f"llama.cpp {theirs['perplexity']:.4f} on {theirs['tokens_scored']}")
+    # no BOS added; llama-perplexity drops a final newline of the file (common/arg.cpp), after the scored tokens
+    assert theirs["tokens_in_file"] == tokens - text.read_text().endswith("\n")
+    assert theirs["tokens_scored"] == ours["tokens_scored"] == tokens - 512
+    assert theirs["perplexity"] == pytest.approx(ours["perplexity"], rel=1e-3)

@@ -223,3 +223,18 @@ def test_passkey_sequences_pack_into_whole_sequences():
             assert seq[-1] == eos_id(tok)
             assert tok.decode(seq).startswith(TASK)
         assert stream.state()["carry"] == [] and stream.epoch == 0
+
+
+def test_passkey_sequence_groups_are_the_sequences():
+    """One group of documents per packed sequence (what lets experiments/miniature.py shuffle other
+    sequences in between), and the flat list is the groups in order."""
+    from posinterp.data import encoder
+    from posinterp.synthetic import passkey_sequence_groups, passkey_sequences, passkey_tokenizer
+
+    tok = passkey_tokenizer()
+    groups = passkey_sequence_groups(tok, sequences=20, seq_len=256, seed=3)
+    assert len(groups) == 20
+    encode = encoder(tok)
+    for group in groups:
+        assert sum(len(encode(text)) + 1 for text in group) == 256  # each document + its EOS fills the sequence
+    assert passkey_sequences(tok, sequences=20, seq_len=256, seed=3) == [t for g in groups for t in g]

@@ -100,20 +100,20 @@ def same_token_ids(binary: Path, gguf: Path, text: Path, model: str) -> dict:
 
 
 def held_out_text(model: str, tokens: int, path: Path) -> int:
-    """The first `tokens` tokens of the held-out book as text that re-tokenizes to exactly that many."""
+    """`tokens` tokens of the held-out book, from the start or a few tokens in, as text that re-tokenizes to exactly
+    that many and does not end in a newline (llama-perplexity drops a file's final newline when it reads -f:
+    common/arg.cpp). Returns the offset."""
     from posinterp.corpus import load_documents
     from posinterp.models import load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(model))
     doc = load_documents("gutenberg", split="test", limit=1)[0]
     ids = tok(doc.text[: tokens * 8], add_special_tokens=False)["input_ids"]
-    n = tokens
-    while n > tokens - 64:
-        text = tok.decode(ids[:n])
-        if len(tok(text, add_special_tokens=False)["input_ids"]) == tokens:
+    for start in range(64):  # the first cut that qualifies, starting 0, 1, … tokens into the book
+        text = tok.decode(ids[start:start + tokens])
+        if not text.endswith("\n") and len(tok(text, add_special_tokens=False)["input_ids"]) == tokens:
             path.write_text(text)
-            return tokens
-        n -= 1
+            return start
     raise SystemExit(f"no cut of the held-out book re-tokenizes to {tokens} tokens")
 
 
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     binary, build_s = (Path(args.binary), None) if args.binary else build(LLAMA_CPP_VERSION, threads)
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
-    text = runs / f"held-out-{args.tokens}.txt"
-    held_out_text(args.model, args.tokens, text)
+    text = runs / f"held-out-{args.tokens}-v2.txt"  # v2: no final newline
+    offset = held_out_text(args.model, args.tokens, text)
     original = dense(resolve(args.model)).folder  # the embedded GGUF as the safetensors folder extend starts from
     rows, tokens_check = [], None
     for method in methods:
@@ -214,10 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                   cache_dir())) if binary.is_relative_to(cache_dir()) else str(binary), "build_s": build_s},
               "machine": {"cpu": platform.processor() or platform.machine(), "threads": threads,
                           "torch": torch.__version__},
-              "text": {"source": "gutenberg test split, first document", "tokens": args.tokens,
-                       "token_ids": tokens_check,
-                       "note": "llama-perplexity drops the file's final newline when it reads -f (tokens_in_file); "
-                               "the scored tokens end before it"},
+              "text": {"source": "gutenberg test split, first document", "tokens": args.tokens, "offset": offset,
+                       "token_ids": tokens_check},
               "tolerance": TOLERANCE, "rows": rows, "all_agree": all(r["agree"] for r in rows)}
     write_json(Path(args.out), result)
     print(f"wrote {args.out}: {'all agree' if result['all_agree'] else 'DISAGREE'} within {TOLERANCE:.1%}")

@@ -178,7 +178,7 @@ def _llama_perplexity():
     path = Path(env) if env else cache_dir() / "llama.cpp" / f"build-{gguf_export.LLAMA_CPP_VERSION}" / "bin" / "llama-perplexity"
     if not path.is_file():
         pytest.skip(f"llama-perplexity is not built ({path}); experiments/llama_cpp_perplexity.py builds it "
-                    "(about 15 min on 2 cores, so not in CI's set-up)")
+                    "(398 s on one core here, so not in make setup)")
     return path
 
 

@@ -30,7 +30,6 @@ import platform
 import re
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ TOLERANCE = 0.005
 def source(version: str) -> Path:
     """vendor/llama.cpp of the pinned sdist, unpacked whole (the converter's cache keeps only its own files)."""
     from posinterp.atomic import atomic_dir
-    from posinterp.gguf_export import LLAMA_CPP_SDIST, VENDOR
+    from posinterp.gguf_export import fetch_sdist, unpack
     from posinterp.models import cache_dir
 
     target = cache_dir() / "llama.cpp" / f"src-{version}"
@@ -51,17 +50,9 @@ def source(version: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as download:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                        "--disable-pip-version-check", LLAMA_CPP_SDIST, "-d", download], check=True)
-        archive = next(Path(download).glob("*.tar.gz"))
-        with atomic_dir(target, force=True) as tmp, tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                _, sep, rel = member.name.partition("/" + VENDOR)
-                if sep and member.isfile() and ".." not in Path(rel).parts:
-                    path = tmp / rel
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(tar.extractfile(member).read())
-                    path.chmod(member.mode | 0o600)
+        archive = fetch_sdist(Path(download))
+        with atomic_dir(target, force=True) as tmp:
+            unpack(archive, tmp)
     return target
 
 
@@ -131,8 +122,7 @@ def llama_ppl(binary: Path, gguf: Path, text: Path, window: int, stride: int, th
     chunks, ppl = int(found[-1][0]), float(found[-1][1])
     return {"perplexity": ppl, "chunks": chunks, "tokens_scored": chunks * stride,
             "tokens_in_file": int(have.group(1)) if have else None, "seconds": round(time.time() - t0, 1),
-            "command": " ".join(Path(c).name if c.startswith("/") else c for c in cmd),
-            "bos_added": "add_bos" in log and "add_bos = 1" in log}
+            "command": " ".join(Path(c).name if c.startswith("/") else c for c in cmd)}
 
 
 def posinterp_ppl(checkpoint: Path, text: Path, window: int, stride: int, tokens: int) -> dict:
@@ -156,7 +146,7 @@ def posinterp_ppl(checkpoint: Path, text: Path, window: int, stride: int, tokens
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--windows", default="2048", help="comma-separated; beyond 8192 for the extended methods only")
+    p.add_argument("--windows", default="2048", help="comma-separated; beyond the model's window for the extended methods only")
     p.add_argument("--tokens", type=int, default=16384, help="tokens of held-out text (N ≥ 2 × the largest window)")
     p.add_argument("--methods", default=",".join(METHODS), help="of " + ", ".join(METHODS))
     p.add_argument("--runs", default="/work/exp/llamacpp-runs", help="checkpoints, GGUFs, the text")
@@ -173,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     from posinterp.atomic import write_json
     from posinterp.extend import extend
     from posinterp.gguf_export import LLAMA_CPP_VERSION, export_gguf, read_keys
-    from posinterp.models import cache_dir, dense, resolve
+    from posinterp.models import cache_dir, dense, load_config, original_window, resolve
 
     threads = len(os.sched_getaffinity(0))
     binary, build_s = (Path(args.binary), None) if args.binary else build(LLAMA_CPP_VERSION, threads)
@@ -181,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     text = runs / f"held-out-{args.tokens}-v2.txt"  # v2: no final newline
     offset = held_out_text(args.model, args.tokens, text)
-    original = dense(resolve(args.model)).folder  # the embedded GGUF as the safetensors folder extend starts from
+    ref = dense(resolve(args.model))  # the embedded GGUF as the safetensors folder extend starts from
+    original, trained = ref.folder, original_window(load_config(ref))
     rows, tokens_check = [], None
     for method in methods:
         name = method.replace(":", "")
@@ -195,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         keys = {k: v for k, v in read_keys(gguf).items() if "rope" in k or "context" in k}
         tokens_check = tokens_check or same_token_ids(binary, gguf, text, args.model)
         for window in windows:
-            if method == "none" and window > 8192:
+            if method == "none" and window > trained:
                 continue
             stride = window // 2
             ours = posinterp_ppl(ckpt, text, window, stride, args.tokens)

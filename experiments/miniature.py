@@ -63,7 +63,9 @@ at 0.00 after 2000 steps; smollm2 with the default 1000-sequence shuffle reached
 1000, 2000 and 3000 steps (a run whose text share then arrived all at once; see TEXT_SHARE); llama-wide
 with smollm2's init (std 0.1) and lr (2e-3) at 0.00 after 2000 steps, twice, hence its init std and lr
 scaled to its width (0.1·√(128/256), 2e-3 · 128/256). Width 256 failing with heads of 64 and of 128 alike
-points at the width, not the heads: hence `llama`."""
+pointed at the width, hence `llama`; but `llama` did not learn retrieval either, nor did `smollm2` with
+seed 1 (results/miniature/seed1/smollm2.json): at this size whether the copy circuit forms depends on the
+seed (docs/findings.md, section 3)."""
 L = 256
 ANSWER = 8
 """Prompts are this much shorter than a window, so the eval's 8 decoded tokens stay inside it."""
@@ -240,14 +242,14 @@ def run(args: argparse.Namespace) -> dict:
     # -- data --------------------------------------------------------------------------------------------
     t0 = time.time()
     files = {}
-    specs = {"pretrain": (args.pretrain_max * PRETRAIN["batch_size"], L, seed, args.text_share, args.copy_share)}
+    specs = {"pretrain": (args.pretrain_max * PRETRAIN["batch_size"], L, seed)}
     for f in args.factors:
-        specs[f"finetune{f}"] = (args.steps * max(1, FT_TOKENS // (f * L)), f * L, seed + 1000, args.text_share,
-                                 args.copy_share)
-    for name, (n, seq_len, s, share, copy) in specs.items():
+        specs[f"finetune{f}"] = (args.steps * max(1, FT_TOKENS // (f * L)), f * L, seed + 1000)
+    for name, (n, seq_len, s) in specs.items():
         path = root / f"{name}.jsonl"
         if not path.is_file():
-            write_jsonl(mixed(tok, sequences=n, seq_len=seq_len, seed=s, text_share=share, copy_share=copy), path)
+            write_jsonl(mixed(tok, sequences=n, seq_len=seq_len, seed=s, text_share=args.text_share,
+                              copy_share=args.copy_share), path)
         files[name] = path
     held = root / "held.jsonl"
     if not held.is_file():  # held out: one passkey document of exactly 4L − 1 tokens per sequence

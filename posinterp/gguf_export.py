@@ -95,37 +95,45 @@ def converter(fetch: bool = True) -> Path:
     if not fetch:
         raise PosinterpError(f"llama.cpp's converter is not fetched; run `make setup` or "
                              f"pip download --no-deps --no-binary :all: {LLAMA_CPP_SDIST}")
+    from posinterp.atomic import atomic_dir
+
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as download:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-               "--disable-pip-version-check", LLAMA_CPP_SDIST, "-d", download]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        archives = sorted(Path(download).glob("*.tar.gz"))
-        if result.returncode != 0 or not archives:
-            lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
-            raise PosinterpError(f"could not fetch {LLAMA_CPP_SDIST} with pip download "
-                                 f"({lines[-1] if lines else 'no archive'}); set POSINTERP_LLAMA_CPP to a llama.cpp folder")
-        from posinterp.atomic import atomic_dir
-
+        archive = fetch_sdist(Path(download))
         with atomic_dir(target, force=True) as tmp:
-            _unpack(archives[0], tmp)
+            unpack(archive, tmp, KEEP)
+            if not (tmp / SCRIPT).is_file():
+                raise PosinterpError(f"{archive.name} holds no {VENDOR}{SCRIPT}; pin another llama-cpp-python release")
     return target / SCRIPT
 
 
-def _unpack(archive: Path, into: Path) -> None:
-    """Only the converter's files from the sdist, no path leaving `into`."""
+def fetch_sdist(into: Path) -> Path:
+    """The pinned llama-cpp-python sdist, fetched into `into` with pip download (one line if pip cannot)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+           "--disable-pip-version-check", LLAMA_CPP_SDIST, "-d", str(into)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    archives = sorted(into.glob("*.tar.gz"))
+    if result.returncode != 0 or not archives:
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("WARNING")]
+        raise PosinterpError(f"could not fetch {LLAMA_CPP_SDIST} with pip download "
+                             f"({lines[-1] if lines else 'no archive'}); set POSINTERP_LLAMA_CPP to a llama.cpp folder")
+    return archives[0]
+
+
+def unpack(archive: Path, into: Path, keep: tuple[str, ...] | None = None) -> None:
+    """The sdist's vendor/llama.cpp files into `into` (only those under `keep`: files, or folders ending in /;
+    all when None), no path leaving `into`, modes kept."""
     with tarfile.open(archive) as tar:
         for member in tar.getmembers():
             _, sep, rel = member.name.partition("/" + VENDOR)
             if not sep or not member.isfile() or ".." in Path(rel).parts:
                 continue
-            if not any(rel == keep or (keep.endswith("/") and rel.startswith(keep)) for keep in KEEP):
+            if keep is not None and not any(rel == k or (k.endswith("/") and rel.startswith(k)) for k in keep):
                 continue
             path = into / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(tar.extractfile(member).read())
-    if not (into / SCRIPT).is_file():
-        raise PosinterpError(f"{archive.name} holds no {VENDOR}{SCRIPT}; pin another llama-cpp-python release")
+            path.chmod(member.mode | 0o600)
 
 
 def expected_keys(config: Any, outtype: str) -> dict[str, Any]:

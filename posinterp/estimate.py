@@ -6,7 +6,7 @@ the 7B shape comes from a config-only stand-in (recipes/configs/llama2-7b/config
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from posinterp.loss import DEFAULT_CHUNK
@@ -106,12 +106,33 @@ def _at(fit: tuple[float, float], tokens: int) -> float:
     return a * tokens + b * tokens**2
 
 
+def _loglog(points: dict, tokens: int) -> float:
+    """Seconds at `tokens` from measured (tokens → seconds) points: piecewise power law between them, T²
+    beyond the longest (attention's FLOPs), proportional below the shortest."""
+    import math
+
+    pts = sorted((int(k), float(v)) for k, v in points.items())
+    if tokens <= pts[0][0]:
+        return pts[0][1] * tokens / pts[0][0]
+    if tokens >= pts[-1][0]:
+        return pts[-1][1] * (tokens / pts[-1][0]) ** 2
+    for (t1, s1), (t2, s2) in zip(pts, pts[1:], strict=False):
+        if t1 <= tokens <= t2:
+            power = math.log(max(s2, 1e-12) / max(s1, 1e-12)) / math.log(t2 / t1)
+            return s1 * (tokens / t1) ** power
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Speed:
     """Measured seconds of one forward (batch 1) and one training micro-step of a model, in one precision.
 
-    Each is fitted as t(T) = a·T + b·T² (the weights' matmuls grow with T, attention with T²) through
-    two measured lengths; an optimizer step adds a fixed `optimizer_s` to every training step.
+    A forward is priced as t(T) = a·T + layers·attention(T): the weights' matmuls grow with T, and
+    `attention` holds one layer's causal attention kernel timed at each length the plans use (its time per
+    FLOP is not constant: on 2 CPU cores the flash kernel ran 1.4× slower per FLOP at 8192 than at 4096, so
+    a quadratic through two short lengths priced SmolLM2's evaluations at 0.66–0.78× their measured time).
+    Without `attention` (and for training) the curve is t(T) = a·T + b·T² through two measured lengths. An
+    optimizer step adds a fixed `optimizer_s` to every training step.
     """
 
     precision: str
@@ -123,6 +144,10 @@ class Speed:
     """measured seconds of one AdamW step (every parameter trained)."""
     head_s_per_token: float = 0.0
     """measured seconds of the evals' fp32 output head and log-softmax per scored token (perplexity)."""
+    attention: dict = field(default_factory=dict)
+    """tokens → measured seconds of one layer's causal attention kernel (the evals' path, batch 1)."""
+    layers: int = 0
+    """decoder layers: how many attention kernels a forward runs."""
 
     @property
     def fit(self) -> tuple[float, float]:
@@ -132,8 +157,30 @@ class Speed:
     def train_fit(self) -> tuple[float, float]:
         return _fit(self.train)
 
+    @property
+    def per_token_s(self) -> float:
+        """a of the forward: seconds per token outside attention, the mean over the measured lengths."""
+        if not self.attention:
+            return self.fit[0]
+        rest = [(float(s) - self.layers * self.attention_s(int(t))) / int(t) for t, s in self.forward.items()]
+        return max(0.0, sum(rest) / len(rest))
+
+    def attention_s(self, tokens: int) -> float:
+        """Every layer's attention at `tokens` is `layers` × this."""
+        return _loglog(self.attention, tokens)
+
     def forward_s(self, tokens: int) -> float:
-        return _at(self.fit, tokens)
+        if not self.attention:
+            return _at(self.fit, tokens)
+        return self.per_token_s * tokens + self.layers * self.attention_s(tokens)
+
+    def decode_token_s(self, context: int) -> float:
+        """One generated token after `context` cached ones: its weights pass plus attention over the cache
+        (the slope of the forward's attention term, ≈ 2·attention(L)/L)."""
+        if not self.attention:
+            a, b = self.fit
+            return a + 2 * b * context
+        return self.per_token_s + self.layers * 2 * self.attention_s(context) / max(1, context)
 
     def train_step_s(self, tokens: int, micro_steps: int = 1) -> float:
         return micro_steps * _at(self.train_fit, tokens) + self.optimizer_s
@@ -141,18 +188,27 @@ class Speed:
     def as_dict(self) -> dict:
         (a, b), (ta, tb) = self.fit, self.train_fit
         return {**asdict(self), "fit_a_s_per_token": a, "fit_b_s_per_token2": b, "train_fit_a_s_per_token": ta,
-                "train_fit_b_s_per_token2": tb}
+                "train_fit_b_s_per_token2": tb, "per_token_s": self.per_token_s}
+
+
+ATTENTION_LENGTHS = (1024, 2048, 4096, 8192, 16384)
+"""Lengths at which the probe times one layer's attention kernel (beyond the longest: priced as T²)."""
+HEAD_ROWS = 2048
+"""Scored rows the probe's head timing uses: a window's stride in the shipped recipes (1536–6144)."""
 
 
 def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", lengths: tuple = (1024, 4096),
-                  train_lengths: tuple = (1024, 2048)) -> Speed:
+                  train_lengths: tuple = (1024, 2048), attention_lengths: tuple = ATTENTION_LENGTHS,
+                  head_rows: int = HEAD_ROWS) -> Speed:
     """Time `model` here: one forward at each of `lengths`, a training micro-step at each of
     `train_lengths`, and one optimizer step.
 
     The curves are extrapolated to the evaluated lengths (up to 16384 and more), so the longer
     measured length should be long: through 512 and 2048 the fit priced SmolLM2's 8192-token windows
     at 0.6× their measured time on 2 CPU cores (attention slows per FLOP as it outgrows the caches).
-    Takes ≈ 32 s for a 135M model on 2 CPU cores (AVX-512 BF16); the result prices every stage of a plan.
+    One layer's attention kernel is timed at each of `attention_lengths` (with the model's heads, head
+    dim and dtype), which prices long windows from measurement rather than from the two forwards.
+    Takes ≈ 40 s for a 135M model on 2 CPU cores (AVX-512 BF16); the result prices every stage of a plan.
     """
     import time
 
@@ -215,12 +271,34 @@ def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", leng
                                     warm=i == 0)
     from posinterp.evals.common import Head
 
-    head, rows = Head(lm), 1024
+    head, rows = Head(lm), int(head_rows)
     hidden = torch.randn(rows, int(prep.config.hidden_size), device=device).to(choice.torch_dtype)
     targets = ids(rows)[0]
     with torch.inference_mode():
         head_s = timed(lambda: head.log_probs_of(hidden, targets), repeats=1) / rows
-    return Speed(choice.name, forward, train, optimizer_s, head_s)
+    attention = time_attention(prep.config, attention_lengths, choice.torch_dtype, device, timed)
+    return Speed(choice.name, forward, train, optimizer_s, head_s, attention, int(prep.config.num_hidden_layers))
+
+
+def time_attention(config: Any, lengths: tuple, dtype: Any, device: str, timed: Any) -> dict:
+    """tokens → seconds of one layer's causal SDPA (the evals' kernel) with this model's query and key/value
+    heads and head dim, on random inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    out = {}
+    for i, n in enumerate(sorted(int(t) for t in lengths)):
+        g = torch.Generator().manual_seed(n)
+        q = torch.randn(1, heads, n, dim, generator=g).to(device=device, dtype=dtype)
+        k, v = (torch.randn(1, kv, n, dim, generator=g).to(device=device, dtype=dtype) for _ in range(2))
+        with torch.inference_mode():
+            out[n] = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                enable_gqa=kv != heads),
+                           repeats=1, warm=i == 0)
+    return out
 
 
 LOAD_S = 5.0
@@ -245,7 +323,6 @@ def ppl_seconds(speed: Speed, *, doc_tokens: list[int], windows: dict[int, int])
 
 
 def passkey_seconds(speed: Speed, *, lengths: list[int], trials: int, new_tokens: int = 8) -> float:
-    """A passkey stage: one prefill per prompt plus greedy decoding (each new token costs the marginal
-    a + 2·b·L of the fitted forward curve: its own weights pass and attention over the L cached keys)."""
-    a, b = speed.fit
-    return LOAD_S + sum(trials * (speed.forward_s(n) + new_tokens * (a + 2 * b * n)) for n in lengths)
+    """A passkey stage: one prefill per prompt plus greedy decoding (each new token costs its own weights
+    pass and attention over the L cached keys, `Speed.decode_token_s`)."""
+    return LOAD_S + sum(trials * (speed.forward_s(n) + new_tokens * speed.decode_token_s(n)) for n in lengths)

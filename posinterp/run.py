@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,13 @@ class RunConfig:
                                         "evaluated tokens and then fine-tune steps are trimmed (said exactly)")
     estimate: bool = arg(False, help="price every stage from a short measured probe of this machine before running")
     overrides: list = arg([], help="dotted overrides such as --train.steps 50", cli=False)
+
+    @classmethod
+    def epilog(cls) -> str:
+        """`run --help`'s tail: every recipe key as a dotted override with its default (from the recipe's sections)."""
+        from posinterp.recipe import override_help
+
+        return override_help()
 
 
 @dataclass
@@ -248,10 +256,16 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False) -> dic
     return out
 
 
+MIN_STEPS = 5
+"""The fewest fine-tune steps a `--budget` trims to."""
+
+
 def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any, budget: float
                ) -> tuple[Recipe, list[Stage], dict[str, float], list[str]]:
     """Trim the recipe until its stages fit `budget` seconds: passkey trials first (down to 1), then the
-    perplexity tokens (down to one slide of the longest window), then fine-tune steps (down to 5).
+    perplexity tokens (down to one slide of the longest window), then fine-tune steps (down to `MIN_STEPS`).
+    When even that is over the budget, the smallest plan is returned and one line says how long it will
+    take: a budget never refuses to run (the README's `make demo` is a budget run).
     Returns the recipe, its stages, their estimates and one sentence per trim."""
     trims: list[str] = []
 
@@ -277,19 +291,23 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
         trims.append(f"perplexity text → the first {floor} tokens of one document (was "
                      f"{ppl.max_tokens or 'whole'} tokens × {ppl.max_docs or 'all'} documents)")
         stages, est = priced(recipe)
-    over = sum(est.values()) - budget
-    train_s = sum(v for k, v in est.items() if k.startswith("train ("))
-    if over > 0 and train_s > 0:
-        steps = recipe.train.steps
-        new = max(5, int(steps * max(0.0, 1 - over / train_s)))
-        if new < steps:
-            recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=new))
-            trims.append(f"fine-tune steps {steps} → {new} (every fine-tuned row, the same)")
-            stages, est = priced(recipe)
+    steps = recipe.train.steps
+    for _ in range(8):  # the proportional guess, then corrections: int() rounding and per-row costs can leave a rest
+        over = sum(est.values()) - budget
+        train_s = sum(v for k, v in est.items() if k.startswith("train ("))
+        current = recipe.train.steps
+        if over <= 0 or train_s <= 0 or current <= MIN_STEPS:
+            break
+        new = max(MIN_STEPS, min(current - 1, math.floor(current * (1 - over / train_s))))
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=new))
+        stages, est = priced(recipe)
+    if recipe.train.steps < steps:
+        trims.append(f"fine-tune steps {steps} → {recipe.train.steps} (every fine-tuned row, the same)")
     if sum(est.values()) > budget:
-        raise PosinterpError(f"--budget {budget / 60:.1f} min: even trimmed, the stages are estimated at "
-                             f"{sum(est.values()) / 60:.1f} min here; drop rows (--eval.rows [...]) or windows "
-                             f"(--eval.windows [...]), or give a larger --budget")
+        # the README's own command must run: the smallest plan runs, and says so in one line
+        log.warning("--budget %.1f min: nothing left to trim; the smallest plan is estimated at %.1f min here, "
+                    "and it runs (drop rows with --eval.rows [...] or windows with --eval.windows [...] to go faster)",
+                    budget / 60, sum(est.values()) / 60)
     return recipe, stages, est, trims
 
 
@@ -390,7 +408,8 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
     if speed is not None:
         previous = json.loads((run_dir / "estimates.json").read_text()) if (run_dir / "estimates.json").is_file() else {}
         write_json(run_dir / "estimates.json", {"stages": {**previous.get("stages", {}), **estimates},
-                                                "speed": speed.as_dict(), "budget_s": budget, "trimmed": trims})
+                                                "speed": speed.as_dict(), "budget_s": budget, "trimmed": trims,
+                                                "estimated_total_s": round(sum(estimates.values()), 1)})
     write_text(run_dir / "recipe.resolved.yaml",
                f"# posinterp run {cfg.recipe} {' '.join(cfg.overrides)}\n"
                + "".join(f"# --budget {cfg.budget} trimmed {t} (the values below are the recipe's, untrimmed)\n"

@@ -83,3 +83,33 @@ def test_help_shows_the_same_model_flags_everywhere(capsys):
         text = capsys.readouterr().out
         for flag in ("--rope", "--original-length", "--device", "--seed"):
             assert flag in text, (verb, flag)
+
+
+def test_run_help_lists_the_recipe_keys_with_their_defaults(capsys):
+    """`run --help` ends with every recipe key as a dotted override and its default, generated from the
+    sections' dataclasses (so a new TrainConfig field shows up without editing any list)."""
+    import dataclasses
+
+    from posinterp.__main__ import build_parser
+    from posinterp.recipe import PIPELINE_SET, override_keys
+    from posinterp.train import TrainConfig
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    line = next(s for s in lines if s.split()[:1] == ["--train.steps"])
+    assert line.split()[1] == "1000" and "optimizer steps" in line
+    for key, default in (("--eval.rows", "[original,extrapolation,pi,pi_ft,nopi_ft,yarn]"),
+                         ("--eval.ppl.stride", "256"), ("--eval.passkey.trials", "10"), ("--extend.method", "pi"),
+                         ("--eval.windows", "[2048,8192,16384]"), ("--train.seq_len", "null"),
+                         ("--train.lora", "false")):
+        assert any(s.split()[:2] == [key, default] for s in lines), key
+    assert "(paper: 10%)" in text  # argparse's %% escape undone
+    assert all(len(s) <= 104 for s in lines if s.lstrip().startswith("--train.") and "q_proj" not in s)
+    # generated, not hand-written: every TrainConfig field a recipe may set, and none the pipeline sets
+    train = {k for where, k, _ in override_keys() if where == "train"}
+    assert train == {f"train.{f.name}" for f in dataclasses.fields(TrainConfig)} - {
+        f"train.{k}" for k in PIPELINE_SET["train"]}
+    assert "--train.out " not in text and "--eval.ppl.model" not in text
+    assert text.index("  extend:") < text.index("  train:") < text.index("  eval:") < text.index("  eval.ppl:")

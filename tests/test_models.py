@@ -36,6 +36,26 @@ def test_resolve_unknown_says_what_was_tried(monkeypatch, tmp_path):
         models.resolve(str(tmp_path / "x.gguf"))
 
 
+def test_a_fetched_alias_not_fetched_yet_names_the_fetch_command(monkeypatch, tmp_path):
+    """qwen2.5-coder-1.5b resolves from the cache once fetched; before, one line says how to fetch it."""
+    from posinterp import fetch
+
+    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
+    with pytest.raises(PosinterpError) as err:
+        models.resolve("qwen2.5-coder-1.5b")
+    msg = str(err.value)
+    assert "not fetched yet" in msg and "posinterp fetch qwen2.5-coder-1.5b" in msg and "make fetch-qwen" in msg
+    assert "\n" not in msg
+    path = fetch.fetched_path("qwen2.5-coder-1.5b")
+    assert path == tmp_path / "models" / "qwen2.5-coder-1.5b" / "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"GGUF" + bytes(60))  # a cut file: the size is checked (a stat), not the hash
+    with pytest.raises(PosinterpError, match="is 64 bytes, not the pinned 1,117,320,768; fetch it again"):
+        models.resolve("qwen2.5-coder-1.5b")
+    with pytest.raises(PosinterpError, match=r"alias \(known: smollm2-135m, qwen2.5-coder-1.5b\)"):
+        models.resolve("no-such-alias")
+
+
 def test_resolve_cached_hub_id(tiny_dir, tmp_path, monkeypatch):
     """A hub id already in the local cache resolves offline."""
     import shutil

@@ -115,3 +115,55 @@ def test_rows_without_results_get_no_sentence(tmp_path):
     assert verdict({}, {}, {}) == []
     empty = {"pi_ft": {"ppl": None, "passkey": None}, "nopi_ft": {"ppl": None, "passkey": None}}
     assert verdict(empty, {}, {}) == []
+
+
+# -- the figures show every row, even rows with identical values -------------------------------------
+
+
+def test_identical_perplexity_rows_are_drawn_apart(tmp_path):
+    """The original model and plain extrapolation share their values up to L: each run gets its own marker,
+    dash pattern and sideways offset, so neither hides the other (the last drawn used to cover the rest)."""
+    from posinterp import plots
+
+    same = {**_ppl([33.0, 32.0]), "corpus": "books"}
+    runs = [{**same, "label": "original"}, {**same, "label": "extrapolation"}, {**_ppl([80.0, 81.0]), "label": "pi"}]
+    fig = plots.perplexity_by_window(runs, tmp_path / "ppl.png")
+    lines = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 2]
+    assert [list(line.get_ydata()) for line in lines] == [[33.0, 32.0], [33.0, 32.0], [80.0, 81.0]]
+    xs = [tuple(line.get_xdata()) for line in lines]
+    assert xs[0] != xs[1]  # the two identical runs side by side, not on top of each other
+    assert 0.8 * 512 < xs[0][0] < xs[1][0] < xs[2][0] < 1.2 * 512  # by a few percent of the window, in run order
+    assert len({line.get_marker() for line in lines}) == 3 and lines[0].get_linestyle() != lines[1].get_linestyle()
+    assert plots.dodge(2, 0.1) == [-0.05, 0.05] and plots.dodge(1, 0.1) == [0.0]
+
+
+def test_passkey_figure_is_a_heat_table_with_one_written_cell_per_row_and_length(tmp_path):
+    """Rows at 100% everywhere no longer coincide: each row × length is a cell with its percentage written
+    in it; a length a row did not test is a grey "not run" cell."""
+    from posinterp import plots
+
+    runs = [{**_passkey({512: 1.0, 1024: 1.0}, 1024), "label": "original"},
+            {**_passkey({512: 1.0, 1024: 1.0}, 1024), "label": "extrapolation"},
+            {**_passkey({512: 0.0, 1024: 0.3, 2048: 0.0}, 0), "label": "pi"}]
+    fig = plots.passkey_accuracy(runs, tmp_path / "pk.png")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape == (3, 3)  # rows × lengths 512, 1024, 2048
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(0, 0): "100%", (0, 1): "100%", (0, 2): "not run",
+                     (1, 0): "100%", (1, 1): "100%", (1, 2): "not run",
+                     (2, 0): "0%", (2, 1): "30%", (2, 2): "0%"}
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "original (k_max 1024)", "extrapolation (k_max 1024)", "pi (k_max 0)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["512", "1024", "2048"]
+    assert (tmp_path / "pk.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fine_tunes_with_equal_curves_are_drawn_apart(tmp_path):
+    """Two fine-tunes both at 0% during training: their points sit side by side, with different markers."""
+    from posinterp import plots
+
+    rows = [{"kind": "eval", "step": s, "tokens": s * 4096, "passkey": {"1024": 0.0}} for s in (0, 10, 20)]
+    fig = plots.training_curves({"PI": rows, "no PI": rows}, tmp_path / "curves.png")
+    a, b = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 3]  # not the dotted 20% line
+    assert list(a.get_ydata()) == list(b.get_ydata()) == [0.0, 0.0, 0.0]
+    assert all(x < y for x, y in zip(a.get_xdata(), b.get_xdata())) and a.get_marker() != b.get_marker()

@@ -207,7 +207,7 @@ def test_estimates_are_priced_before_the_run_and_reported_beside_the_measured_ti
     assert "| stage | estimated s | measured s | measured / estimated |" in report
 
 
-def test_a_budget_trims_what_it_says_or_refuses_before_anything_is_written(inputs, capsys):
+def test_a_budget_trims_what_it_says_and_never_refuses_to_run(inputs, caplog):
     from posinterp.errors import PosinterpError
     from posinterp.run import parse_budget
 
@@ -215,9 +215,12 @@ def test_a_budget_trims_what_it_says_or_refuses_before_anything_is_written(input
     with pytest.raises(PosinterpError, match="--budget 'soon'"):
         parse_budget("soon")
     recipe = _recipe(inputs, "tight", rows=["pi", "pi_ft"], eval__passkey={"trials": 3, "max_new_tokens": 4})
-    with pytest.raises(PosinterpError, match="even trimmed"):
-        run(recipe, budget="1s", dry_run=True)
-    assert not (inputs / "tight").exists()
+    # nothing fits in 1 s: the smallest plan is planned anyway, and one line says how long it takes
+    with caplog.at_level("WARNING", logger="posinterp.run"):
+        planned = run(recipe, budget="1s", dry_run=True)
+    assert planned and not (inputs / "tight").exists()
+    over = [r.getMessage() for r in caplog.records if "nothing left to trim" in r.getMessage()]
+    assert len(over) == 1 and "\n" not in over[0] and "the smallest plan is estimated at" in over[0], over
     from posinterp.estimate import measure_speed
     from posinterp.run import fit_budget, load_recipe, plan, scale, stage_estimates
 
@@ -235,6 +238,16 @@ def test_a_budget_trims_what_it_says_or_refuses_before_anything_is_written(input
     assert trims == ["passkey trials 3 → 1 per length"] and trimmed.eval.passkey.trials == 1
     assert sum(est.values()) == pytest.approx(fewer) and fewer <= budget < full
     assert not (inputs / "tight").exists()
+    # the boundary that refused `make demo`: an estimate equal to the budget fits as it is
+    same, _, est, trims = fit_budget(r, inputs / "tight", False, sc, speed, full)
+    assert trims == [] and same == r and sum(est.values()) == pytest.approx(full)
+    # a budget between two step counts trims the steps until the estimate fits, never over it
+    steps = dataclasses.replace(one, train=dataclasses.replace(one.train, steps=40))
+    at = {n: sum(stage_estimates(plan(dataclasses.replace(steps, train=dataclasses.replace(steps.train, steps=n)),
+                                      inputs / "tight", sc=sc), speed).values()) for n in (39, 40)}
+    fitted, _, est, trims = fit_budget(steps, inputs / "tight", False, sc, speed, (at[39] + at[40]) / 2)
+    assert fitted.train.steps == 39 and sum(est.values()) <= (at[39] + at[40]) / 2, trims
+    assert trims == ["fine-tune steps 40 → 39 (every fine-tuned row, the same)"]
 
 
 def test_equal_budget_rows_with_eval_every_put_curves_in_the_report(inputs):

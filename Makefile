@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # pip picks the torch that fits (override with `make setup TORCH_SPEC=torch==X`).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 RECIPE ?= recipes/smollm2-16k-cpu.yaml
-BUDGET ?= 40m
+BUDGET ?= 38m
 
 .PHONY: setup demo test lint bench clean compat-env fetch-qwen
 

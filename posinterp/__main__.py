@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from posinterp.cli import add_arguments, from_namespace
 from posinterp.errors import PosinterpError
@@ -43,6 +44,9 @@ VERBS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
 def _quiet() -> None:
     """Keep the terminal for our own progress: silence library progress bars and info logs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on every LoRA train):
+    # a library's note to itself, not to the user
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         from transformers.utils import logging as tlog
 

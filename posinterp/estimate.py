@@ -277,7 +277,9 @@ def measure_speed(model: str, *, rope: Any = None, precision: str = "auto", leng
     with torch.inference_mode():
         head_s = timed(lambda: head.log_probs_of(hidden, targets), repeats=1) / rows
     attention = time_attention(prep.config, attention_lengths, choice.torch_dtype, device, timed)
-    return Speed(choice.name, forward, train, optimizer_s, head_s, attention, int(prep.config.num_hidden_layers))
+    speed = Speed(choice.name, forward, train, optimizer_s, head_s, attention, int(prep.config.num_hidden_layers))
+    remember_speed(prep.config, speed)
+    return speed
 
 
 def time_attention(config: Any, lengths: tuple, dtype: Any, device: str, timed: Any) -> dict:
@@ -299,6 +301,66 @@ def time_attention(config: Any, lengths: tuple, dtype: Any, device: str, timed: 
                                                                                 enable_gqa=kv != heads),
                            repeats=1, warm=i == 0)
     return out
+
+
+SPEED_CACHE = "speed-probe.json"
+"""Beside the machine probe's cache: the last measured `Speed` per (model shape, precision, machine), so that
+`run --dry-run` and the evals' expected times price from this machine without timing again."""
+
+
+def shape_key(config: Any) -> str:
+    """What a forward's speed depends on: architecture, layers, widths, heads, vocabulary (not the weights
+    or the rope: an extended or fine-tuned checkpoint runs at its source's speed)."""
+    heads = int(config.num_attention_heads)
+    return (f"{config.model_type}-l{config.num_hidden_layers}-h{config.hidden_size}-i{getattr(config, 'intermediate_size', 0)}"
+            f"-a{heads}/{getattr(config, 'num_key_value_heads', None) or heads}-v{config.vocab_size}")
+
+
+def _speed_key(config: Any, precision: str) -> dict:
+    from posinterp.machine import cpu_key
+
+    return {"shape": shape_key(config), "precision": str(precision), **cpu_key()}
+
+
+def _speed_path() -> Any:
+    from posinterp.machine import probe_cache_path
+
+    return probe_cache_path().with_name(SPEED_CACHE)
+
+
+def remember_speed(config: Any, speed: Speed) -> None:
+    import json
+    import time
+
+    from posinterp.atomic import write_json
+
+    key, path = _speed_key(config, speed.precision), _speed_path()
+    try:
+        entries = [e for e in json.loads(path.read_text()).get("entries", []) if e.get("key") != key]
+    except (OSError, ValueError, AttributeError):
+        entries = []
+    entry = {"key": key, "speed": asdict(speed), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"entries": entries[-7:] + [entry]})
+    except OSError:  # a read-only cache: measured again next time
+        pass
+
+
+def cached_speed(config: Any, precision: str) -> tuple[Speed, str] | None:
+    """(the Speed last measured here for this model shape in `precision` (bf16|fp32|fp16), when), or None."""
+    import json
+
+    key = _speed_key(config, precision)
+    try:
+        entries = json.loads(_speed_path().read_text()).get("entries", [])
+        e = next(e for e in reversed(entries) if e.get("key") == key)
+        d = e["speed"]
+        conv = {k: {int(t): float(v) for t, v in d.get(k, {}).items()} for k in ("forward", "train", "attention")}
+        return Speed(d["precision"], conv["forward"], conv["train"], float(d["optimizer_s"]),
+                     float(d.get("head_s_per_token", 0.0)), conv["attention"], int(d.get("layers", 0))), e["measured"]
+    except (OSError, ValueError, KeyError, StopIteration, TypeError, AttributeError):
+        return None
 
 
 LOAD_S = 5.0

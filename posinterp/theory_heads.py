@@ -39,6 +39,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,12 @@ PEAK_MIN = 0.3
 HEADS_JSON = "heads.json"
 HEADS_PNG = "heads.png"
 PROBES = ("text", "passkey")
+TRIALS = 3
+"""Passkey probes per measurement (`--trials`, and train --eval-every's heads figures)."""
+MAX_OFFSET = 8
+"""Offsets 0..K measured per head (`--max-offset`)."""
+TOP = 10
+"""Copy heads summarized (`--top`)."""
 
 
 @dataclass
@@ -62,9 +70,9 @@ class HeadsConfig(common.EvalConfig):
                                  "repeated random tokens)")
     data: str = arg("gutenberg", help="natural text probe: gutenberg, pydoc, or files/globs")
     split: str = arg("test", help="corpus split of the text probe", choices=("train", "test", "all"))
-    trials: int = arg(3, help="passkey prompts, keys at depths spread over 0..1")
-    max_offset: int = arg(8, help="relative offsets 0..K get a bucket each; the first key and the rest get one each")
-    top: int = arg(10, help="copy heads summarized: the top-k heads by induction / passkey copy score")
+    trials: int = arg(TRIALS, help="passkey prompts, keys at depths spread over 0..1")
+    max_offset: int = arg(MAX_OFFSET, help="relative offsets 0..K get a bucket each; the first key and the rest get one each")
+    top: int = arg(TOP, help="copy heads summarized: the top-k heads by induction / passkey copy score")
     reference: Path | None = arg(None, help="heads.json of a reference measurement (e.g. --rope none): follow its "
                                             "previous-token and copy heads here (default: this model's own)")
     out: Path | None = arg(None, help=f"folder for {HEADS_JSON} and {HEADS_PNG} (none: print only)")
@@ -320,10 +328,121 @@ def summarize(arrays: dict[str, Any], sets: dict[str, list[list[int]]], max_offs
     return out
 
 
+# ---------------------------------------------------------------- one measurement (the verb and train --eval-every)
+
+@dataclass
+class Probes:
+    """The three probe sequences of one measurement, built (or refused) before any weights are loaded."""
+
+    length: int
+    passkey: list[PasskeyProbe]
+    repeat_ids: list[int]
+    repeat_start: int
+    period: int
+    text_ids: list[int]
+    documents: list[str]
+    seed: int
+
+    @classmethod
+    def build(cls, tokenizer: Any, vocab: int, length: int, trials: int, seed: int, data: str, split: str) -> Probes:
+        pk = passkey_probes(tokenizer, length, trials, seed)
+        rep_ids, rep_start, period = repeat_probe(tokenizer, vocab, length, seed)
+        text_ids, documents = text_probe(tokenizer, data, split, length)
+        return cls(int(length), pk, rep_ids, rep_start, period, text_ids, documents, int(seed))
+
+
+@dataclass
+class Measured:
+    arrays: dict[str, Any]
+    """per-head arrays (layers, heads, …): text/passkey profiles, repeat and passkey copy scores."""
+    trials: list[dict]
+    """per passkey probe: what the model writes teacher-forced, digit by digit."""
+    repeat_loss: float
+    """mean next-token loss on the second copy of the repeat probe (in-context copying; ≈ 0 when it works)."""
+
+
+@contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """The model's attention switched to eager (the only one that returns weights) for the block."""
+    before = getattr(model.config, "_attn_implementation", None)
+    if before in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def measure(model: Any, probes: Probes, max_offset: int, timer: Any = None, progress: bool = False) -> Measured:
+    """Run the three probes through `model` (in memory, any attention: eager for the call) and reduce each
+    layer's attention weights as the pass goes. The model is left as it was. `progress`: a line per probe
+    sequence with the ETA."""
+    import numpy as np
+    import torch
+
+    from posinterp.evals.progress import Progress
+
+    timer = timer or common.Timer()
+    bar = Progress("theory heads", [len(probes.text_ids), len(probes.repeat_ids)] + [len(p.ids) for p in probes.passkey],
+                   source="eager attention, timed from the first probe", enabled=progress)
+    head, k = common.Head(model), int(max_offset)
+    arrays: dict[str, Any] = {}
+    with eager_attention(model), common.eval_mode(model):
+        with timer("text"):
+            layers, _ = run_reduced(model, probes.text_ids, lambda w: {"profile": offset_profile(w, k)})
+            arrays["text_profile"] = _stack(layers, "profile")
+            bar.done("text")
+        with timer("repeat"):
+            first, last = probes.repeat_start + probes.period, probes.repeat_start + 2 * probes.period - 1
+            layers, hidden = run_reduced(model, probes.repeat_ids,
+                                         lambda w: induction_scores(w, probes.repeat_start, probes.period),
+                                         positions=list(range(first, last)))
+            for name in ("induction", "skip", "duplicate"):
+                arrays[f"repeat_{name}"] = _stack(layers, name)
+            targets = torch.tensor(probes.repeat_ids[first + 1: last + 1], device=hidden.device)
+            repeat_loss = float(-head.log_probs_of(hidden, targets).mean())
+            bar.done("repeated random tokens")
+        trials = []
+        with timer("passkey"):
+            acc: dict[str, list[Any]] = {}
+            for p in probes.passkey:
+                def reduce(w, p=p):
+                    return {"profile": offset_profile(w, k), **copy_scores(w, p.queries, p.targets)}
+                layers, hidden = run_reduced(model, p.ids, reduce, positions=p.queries)
+                for name in ("profile", "copy", "skip", "duplicate"):
+                    acc.setdefault(name, []).append(_stack(layers, name))
+                pred = head.logits(hidden).argmax(-1).tolist()
+                bar.done(f"passkey key at depth {p.depth:.2f}")
+                trials.append({"key": p.key, "depth": round(p.depth, 4), "queries": p.queries,
+                               "written": None, "predicted": pred, "digits_right": sum(
+                                   int(a == b) for a, b in zip(pred, p.answer_tokens, strict=True)),
+                               "digits_skipped": sum(int(s is not None and a == s and s != b) for a, s, b in
+                                                     zip(pred, p.skip_tokens, p.answer_tokens, strict=True)),
+                               "digits": len(p.queries)})
+            for name, values in acc.items():
+                arrays["passkey_profile" if name == "profile" else f"passkey_{name}"] = np.mean(values, axis=0)
+    return Measured(arrays, trials, repeat_loss)
+
+
+def figures(measured: Measured, sets: dict[str, list[list[int]]], max_offset: int) -> dict:
+    """The few numbers a curve follows: the followed previous-token heads' mass at offsets 1 and 2 (text),
+    the copy heads' mass at +1 (the token to write) and +2 (the one after it) on the repeat probe
+    (induction) and on passkey keys, the repeat loss and the teacher-forced key-digit accuracy."""
+    summary = summarize(measured.arrays, sets, max_offset)
+    prev = summary["text"]["previous_token_heads"]
+    digits = sum(t["digits"] for t in measured.trials)
+    return {"previous_token_heads": prev["count"], "previous_token_mass_1": prev["mass_at_1"],
+            "previous_token_mass_2": prev["mass_at_2"],
+            "induction_1": summary["repeat"]["top_induction"], "induction_2": summary["repeat"]["top_skip"],
+            "copy_1": summary["passkey_copy"]["top_copy"], "copy_2": summary["passkey_copy"]["top_skip"],
+            "repeat_loss": measured.repeat_loss,
+            "teacher_forced_digit_accuracy": sum(t["digits_right"] for t in measured.trials) / digits if digits else None}
+
+
 # ---------------------------------------------------------------- the verb
 
-# Long (≈ 85 lines) on purpose: the three probes run one after another on the one loaded model, a few
-# lines each, and fill one dict of arrays; split, each piece would take and return that model and dict.
 def heads(cfg: HeadsConfig | str | None = None, **kwargs) -> dict:
     """Per layer and head: attention mass by offset (text, passkey), induction and passkey copy scores.
 
@@ -341,47 +460,21 @@ def heads(cfg: HeadsConfig | str | None = None, **kwargs) -> dict:
     common.check_output(cfg)
     prep = common.prepare(cfg, int(cfg.length), "probe length", "--length")
     n_layers, n_heads = int(prep.config.num_hidden_layers), int(prep.config.num_attention_heads)
-    reference = _load_reference(cfg.reference, n_layers, n_heads, cfg.max_offset)
+    reference = load_reference(cfg.reference, n_layers, n_heads, cfg.max_offset)
     tokenizer = models.load_tokenizer(models.dense(prep.ref))
     length, k = int(cfg.length), int(cfg.max_offset)
     # every probe is built (and refused, if it cannot be) before the weights are loaded
-    pk = passkey_probes(tokenizer, length, int(cfg.trials), int(cfg.seed))
-    rep_ids, rep_start, period = repeat_probe(tokenizer, prep.config.vocab_size, length, int(cfg.seed))
-    text_ids, doc_names = text_probe(tokenizer, cfg.data, cfg.split, length)
+    probes = Probes.build(tokenizer, prep.config.vocab_size, length, int(cfg.trials), int(cfg.seed), cfg.data, cfg.split)
     timer = common.Timer()
     with timer("load"):
         dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
         model, _ = models.load_model(models.dense(prep.ref), rope=cfg.rope_spec, original_length=cfg.original_length,
                                      dtype=dtype, device=models.pick_device(cfg.device), attn_implementation="eager")
-        head = common.Head(model)
-
-    arrays: dict[str, Any] = {}
-    with timer("text"):
-        layers, _ = run_reduced(model, text_ids, lambda w: {"profile": offset_profile(w, k)})
-        arrays["text_profile"] = _stack(layers, "profile")
-    with timer("repeat"):
-        layers, _ = run_reduced(model, rep_ids, lambda w: induction_scores(w, rep_start, period))
-        for name in ("induction", "skip", "duplicate"):
-            arrays[f"repeat_{name}"] = _stack(layers, name)
-    trials = []
-    with timer("passkey"):
-        acc: dict[str, list[Any]] = {}
-        for p in pk:
-            def reduce(w, p=p):
-                return {"profile": offset_profile(w, k), **copy_scores(w, p.queries, p.targets)}
-            layers, hidden = run_reduced(model, p.ids, reduce, positions=p.queries)
-            for name in ("profile", "copy", "skip", "duplicate"):
-                acc.setdefault(name, []).append(_stack(layers, name))
-            pred = head.logits(hidden).argmax(-1).tolist()
-            trials.append({"key": p.key, "depth": round(p.depth, 4), "queries": p.queries,
-                           "written": tokenizer.decode(pred), "digits_right": sum(
-                               int(a == b) for a, b in zip(pred, p.answer_tokens, strict=True)),
-                           "digits_skipped": sum(int(s is not None and a == s and s != b) for a, s, b in
-                                                 zip(pred, p.skip_tokens, p.answer_tokens, strict=True)),
-                           "digits": len(p.queries)})
-        for name, values in acc.items():
-            arrays["passkey_profile" if name == "profile" else f"passkey_{name}"] = np.mean(values, axis=0)
+    measured = measure(model, probes, k, timer, progress=True)
     del model
+    arrays, trials = measured.arrays, measured.trials
+    for t in trials:
+        t["written"] = tokenizer.decode(t.pop("predicted"))
 
     own = head_sets(arrays, k, int(cfg.top))
     sets = reference["head_sets"] if reference is not None else own
@@ -391,13 +484,16 @@ def heads(cfg: HeadsConfig | str | None = None, **kwargs) -> dict:
         "length": length, "max_offset": k, "peak_min": PEAK_MIN, "buckets": [str(d) for d in range(k + 1)]
         + ["sink", "tail"],
         "layers": n_layers, "heads": n_heads,
-        "probes": {"text": {"data": describe(cfg.data, cfg.split), "documents": doc_names, "tokens": len(text_ids)},
-                   "repeat": {"start": rep_start, "period": period, "seed": int(cfg.seed)},
+        "probes": {"text": {"data": describe(cfg.data, cfg.split), "documents": probes.documents,
+                            "tokens": len(probes.text_ids)},
+                   "repeat": {"start": probes.repeat_start, "period": probes.period, "seed": int(cfg.seed),
+                              "loss": measured.repeat_loss},
                    "passkey": {"trials": trials, "teacher_forced_digit_accuracy": sum(t["digits_right"] for t in trials)
                                / digits, "teacher_forced_skip_share": sum(t["digits_skipped"] for t in trials) / digits}},
         "reference": str(cfg.reference) if cfg.reference is not None else None,
         "head_sets": own, "followed_head_sets": sets,
         "summary": summarize(arrays, sets, k),
+        "figures": figures(measured, sets, k),
         "per_head": {name: np.round(a, 6).tolist() for name, a in arrays.items()},
         "timings": {**timer.seconds, "total": round(time.perf_counter() - started, 3)},
     }
@@ -410,7 +506,7 @@ def heads(cfg: HeadsConfig | str | None = None, **kwargs) -> dict:
     return result
 
 
-def _load_reference(path: Path | None, n_layers: int, n_heads: int, max_offset: int) -> dict | None:
+def load_reference(path: Path | None, n_layers: int, n_heads: int, max_offset: int) -> dict | None:
     if path is None:
         return None
     try:
@@ -504,7 +600,10 @@ def plot_heads(path: Path, result: dict) -> None:
                    label=f"{probe}, mean of {len(prev)} heads")
     a.set(xlabel="relative offset (tokens back)", ylabel="attention mass", title="previous-token heads by offset",
           xticks=offsets)
-    a.legend(fontsize=8)
+    if prev:
+        a.legend(fontsize=8)
+    else:  # a legend with nothing to label is a matplotlib warning on the user's screen
+        a.text(0.5, 0.5, "no previous-token heads", ha="center", va="center", transform=a.transAxes, fontsize=9)
     for a, (probe, keys, title) in zip(ax[1], (("repeat", ("induction", "skip"), "repeated random tokens"),
                                                ("passkey", ("copy", "skip"), "passkey digits (teacher-forced)")),
                                        strict=True):

@@ -119,6 +119,12 @@ class TrainConfig(ModelArgs):
     eval_ppl_data: str = arg("gutenberg", help="--eval-every: held-out perplexity text (its test split; "
                                                "empty for none)")
     eval_ppl_tokens: int = arg(8192, help="--eval-every: tokens of held-out text scored, in windows of --seq-len")
+    eval_heads_length: int | None = arg(None, help="--eval-every: probe length of the heads figures (`theory heads`: "
+                                                   "previous-token mass at offsets 1 and 2, induction and passkey "
+                                                   "copy mass at +1 and +2, repeat loss); default min(--seq-len, "
+                                                   "1024); 0 = none")
+    eval_heads_reference: Path | None = arg(None, help="--eval-every: heads.json of `theory heads` whose previous-token "
+                                                       "and copy heads are followed (default: this run's own at step 0)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -156,6 +162,17 @@ class TrainConfig(ModelArgs):
         if self.eval_every < 0 or self.eval_trials < 1 or self.eval_ppl_tokens < 2:
             raise PosinterpError(f"--eval-every {self.eval_every} must not be negative, --eval-trials "
                                  f"{self.eval_trials} at least 1, --eval-ppl-tokens {self.eval_ppl_tokens} at least 2")
+        if self.eval_heads_length is not None and int(self.eval_heads_length) < 0:
+            raise PosinterpError(f"--eval-heads-length {self.eval_heads_length} must not be negative (0 = none)")
+        if self.eval_heads_reference is not None:
+            from posinterp.theory_heads import HEADS_JSON
+
+            self.eval_heads_reference = Path(self.eval_heads_reference)
+            if self.eval_heads_reference.is_dir():
+                self.eval_heads_reference = self.eval_heads_reference / HEADS_JSON
+            if not self.eval_heads_reference.is_file():
+                raise PosinterpError(f"--eval-heads-reference {self.eval_heads_reference} is not a file; give the "
+                                     f"{HEADS_JSON} of an earlier `posinterp theory heads --out` run")
         if self.eval_lengths:
             from posinterp.evals.common import parse_lengths
 
@@ -306,12 +323,27 @@ def _loss_module(lm: Any, chunk: int) -> Any:
 
 
 # -- run bookkeeping -------------------------------------------------------------------------------
+def describe_processes(kind: str, processes: int, device: Any) -> str:
+    """accelerate's distributed type in words: 'one process on the CPU', '2 DDP processes on the CPU',
+    'FSDP on 8 GPUs'."""
+    dev = getattr(device, "type", str(device))
+    where = "the CPU" if dev == "cpu" else ("the GPU" if processes == 1 else f"{processes} GPUs") if dev == "cuda" \
+        else dev
+    if processes == 1:
+        return f"one process on {where}" if kind in ("NO", "MULTI_CPU", "MULTI_GPU") else f"{kind} in one process on {where}"
+    name = {"MULTI_CPU": "DDP", "MULTI_GPU": "DDP", "FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}.get(kind, kind)
+    if dev == "cuda":
+        return f"{name} on {processes} GPUs"
+    return f"{processes} {name} processes on {where}"
+
+
 def _distributed_note(accelerator: Any) -> tuple[str, str | None]:
     """(what runs, a note when accelerate silently ran something other than what was asked)."""
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
-    what = f"{kind.value if hasattr(kind, 'value') else kind} × {accelerator.num_processes} ({accelerator.device})"
+    what = describe_processes(str(kind.value if hasattr(kind, "value") else kind), accelerator.num_processes,
+                              accelerator.device)
     asked = None
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and kind != DistributedType.FSDP:
         asked = "FSDP"
@@ -674,7 +706,8 @@ def setup(cfg: TrainConfig) -> Session:
     metrics = _Metrics(cfg.checkpoint_dir, start, main, cfg.tensorboard)
     if main:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    probe = during.Probe.build(cfg, tokenizer, p.seq_len) if cfg.eval_every and main else None
+    probe = during.Probe.build(cfg, tokenizer, p.seq_len, _hf_model(accelerator.unwrap_model(module).lm)) \
+        if cfg.eval_every and main else None
     return Session(cfg, p, accelerator, precision, module, tokenizer, optimizer, scheduler, params, settings,
                    stream, provenance, metrics, probe, start, tokens, resumed_from)
 

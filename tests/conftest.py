@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+
+# the suite never writes the user's probe cache: a busy test run would cache a wrong precision verdict
+os.environ.setdefault("POSINTERP_PROBE_CACHE", str(Path(tempfile.mkdtemp(prefix="posinterp-probe-")) / "probe.json"))
 
 
 @pytest.fixture(scope="session")

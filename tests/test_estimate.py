@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from posinterp import estimate
@@ -23,6 +25,22 @@ def test_forward_curve_is_fitted_through_the_two_lengths():
     assert s.train_fit == pytest.approx((3e-4, 3e-8))
     # two micro-steps' forward and backward, one optimizer step
     assert s.train_step_s(4096, 2) == pytest.approx(2 * 3 * s.forward_s(4096) + 0.5)
+
+
+def test_measured_attention_prices_each_length_from_its_own_timing():
+    """t(T) = a·T + layers·attention(T), attention read at the measured lengths and interpolated as a power law
+    between them (T² beyond the longest); a is what the measured forwards leave after attention."""
+    attn = {1024: 0.01, 2048: 0.04, 4096: 0.2}  # 4× then 5× per doubling: not one quadratic
+    layers, a = 10, 5e-4
+    fwd = {t: a * t + layers * attn[t] for t in (1024, 4096)}
+    s = Speed("bf16", fwd, {1024: 1.0, 2048: 3.0}, 0.1, 1e-5, attn, layers)
+    assert s.per_token_s == pytest.approx(a)
+    assert s.forward_s(2048) == pytest.approx(a * 2048 + layers * 0.04)  # measured, not fitted
+    assert s.attention_s(8192) == pytest.approx(0.2 * 4)  # beyond the longest: T²
+    assert s.attention_s(2896) == pytest.approx(0.04 * (2896 / 2048) ** math.log2(5))  # 5× per doubling there
+    assert s.decode_token_s(2048) == pytest.approx(a + layers * 2 * 0.04 / 2048)
+    # the pre-attention fit stays for a Speed without attention timings (e.g. read from an older cache)
+    assert _speed().forward_s(2048) == pytest.approx(_speed().fit[0] * 2048 + _speed().fit[1] * 2048**2)
 
 
 def test_stage_prices_add_up_their_forwards():
@@ -48,7 +66,9 @@ def test_train_and_estimate_share_the_activation_rule_and_loss_chunk():
 
 
 def test_measured_speed_on_a_tiny_model(tiny_dir):
-    s = estimate.measure_speed(str(tiny_dir()), precision="fp32", lengths=(32, 128), train_lengths=(32, 64))
+    s = estimate.measure_speed(str(tiny_dir()), precision="fp32", lengths=(32, 128), train_lengths=(32, 64),
+                               attention_lengths=estimate.ATTENTION_LENGTHS)
     assert s.precision == "fp32" and set(s.forward) == {32, 128} and set(s.train) == {32, 64}
     assert s.optimizer_s > 0 and s.train_step_s(64) > s.optimizer_s and s.head_s_per_token > 0
     assert s.forward_s(256) > s.forward_s(128) > 0
+    assert set(s.attention) == set(estimate.ATTENTION_LENGTHS) and s.layers == 2

@@ -64,13 +64,27 @@ def _damage(kind: str, good: Path, tmp: Path) -> Path:
         (folder / "model-00002-of-00002.safetensors").unlink()
     elif kind == "tokenizer":
         (folder / "tokenizer.json").write_text('{"version": "1.0", "truncat')
+    elif kind in FACTS:  # a readable config.json with a value no model can have
+        config = json.loads((folder / "config.json").read_text())
+        key, value = FACTS[kind]
+        if key == "rope_theta":
+            config.setdefault("rope_parameters", {})["rope_theta"] = value
+        config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
     return folder
+
+
+FACTS = {"theta-negative": ("rope_theta", -5), "head-dim-odd": ("head_dim", 15),
+         "kv-heads": ("num_key_value_heads", 3), "window-zero": ("max_position_embeddings", 0),
+         "layers-fraction": ("num_hidden_layers", 1.5)}
+"""Model facts read strictly (`models.check_facts`): damage → (config.json key, value)."""
 
 
 # what each damage's one line must name
 NAMES = {"config-json": "config.json", "no-weights": "no weights", "truncated-safetensors": "model.safetensors",
          "missing-shard": "model-00002-of-00002.safetensors", "gguf-truncated": "model.gguf",
-         "gguf-magic": "not a GGUF file", "tokenizer": "tokenizer"}
+         "gguf-magic": "not a GGUF file", "tokenizer": "tokenizer",
+         **{kind: f"config.json: {key} = " for kind, (key, _) in FACTS.items()}}
 
 
 def _argv(verb: str, model: Path, out: Path, good: Path) -> list[str]:

@@ -61,6 +61,7 @@ def test_bad_names_are_refused_naming_the_flag():
 
 def test_probe_measures_both_dtypes_and_is_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
+    monkeypatch.delenv(machine.PROBE_CACHE_ENV, raising=False)
     calls = []
     real = machine._measure
     monkeypatch.setattr(machine, "_measure", lambda: calls.append(1) or real())
@@ -74,6 +75,17 @@ def test_probe_measures_both_dtypes_and_is_cached(monkeypatch, tmp_path):
     assert len(calls) == 2
 
 
+def test_the_suite_never_writes_the_users_probe_cache(monkeypatch, tmp_path):
+    import os
+
+    from posinterp.models import cache_dir
+
+    assert os.environ.get(machine.PROBE_CACHE_ENV)  # set by conftest for the whole suite (subprocesses too)
+    assert machine.probe_cache_path() != cache_dir() / "machine-probe.json"
+    monkeypatch.setenv(machine.PROBE_CACHE_ENV, str(tmp_path / "p.json"))
+    assert machine.probe_cache_path() == tmp_path / "p.json"
+
+
 def test_a_capped_onednn_is_probed_as_another_machine(monkeypatch, tmp_path):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 as slow as on an AVX2-only CPU: the cached fast answer must not apply."""
     monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
@@ -82,7 +94,7 @@ def test_a_capped_onednn_is_probed_as_another_machine(monkeypatch, tmp_path):
     answers = iter([{"bf16_tflops": 1.0, "fp32_tflops": 0.2, "speedup": 5.0, "probe_n": 8},
                     {"bf16_tflops": 0.001, "fp32_tflops": 0.2, "speedup": 0.005, "probe_n": 8}])
     monkeypatch.setattr(machine, "_measure", lambda: next(answers))
-    assert machine.probe()["speedup"] == 5.0 and "onednn_max_isa" not in machine._cpu_key()
+    assert machine.probe()["speedup"] == 5.0 and "onednn_max_isa" not in machine.cpu_key()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     capped = machine.probe()
     assert not capped["cached"] and capped["speedup"] == 0.005 and capped["onednn_max_isa"] == "AVX2"

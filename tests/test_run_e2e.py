@@ -207,6 +207,27 @@ def test_estimates_are_priced_before_the_run_and_reported_beside_the_measured_ti
     assert "| stage | estimated s | measured s | measured / estimated |" in report
 
 
+def test_a_recipe_whose_out_is_a_file_is_refused_in_one_line(inputs, capsys):
+    recipe = _recipe(inputs, "afile")
+    (inputs / "afile").write_text("not a folder")
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("posinterp: error: ") and "\n" not in err and "is a file" in err, err
+    assert (inputs / "afile").read_text() == "not a folder"
+
+
+def test_dry_run_prices_from_this_machines_cached_probe(inputs, capsys):
+    """After a probe of this model here (--estimate), a plain --dry-run prices from it and says when it was taken."""
+    recipe = _recipe(inputs, "dry", rows=["pi", "pi_ft"])
+    run(recipe, dry_run=True, estimate=True)
+    capsys.readouterr()
+    plan = run(recipe, dry_run=True)
+    out = capsys.readouterr().out
+    assert "from this machine's measured speed" in out and "the probe cached here on" in out, out
+    assert plan["time"]["source"].startswith("this machine") and plan["time"]["seconds_per_step"] > 0
+    assert not (inputs / "dry").exists()
+
+
 def test_a_budget_trims_what_it_says_and_never_refuses_to_run(inputs, caplog):
     from posinterp.errors import PosinterpError
     from posinterp.run import parse_budget
@@ -242,7 +263,8 @@ def test_a_budget_trims_what_it_says_and_never_refuses_to_run(inputs, caplog):
     same, _, est, trims = fit_budget(r, inputs / "tight", False, sc, speed, full)
     assert trims == [] and same == r and sum(est.values()) == pytest.approx(full)
     # a budget between two step counts trims the steps until the estimate fits, never over it
-    steps = dataclasses.replace(one, train=dataclasses.replace(one.train, steps=40))
+    steps = dataclasses.replace(one, train=dataclasses.replace(one.train, steps=40), eval=dataclasses.replace(
+        one.eval, ppl=dataclasses.replace(one.eval.ppl, max_tokens=256)))  # no perplexity text left to trim
     at = {n: sum(stage_estimates(plan(dataclasses.replace(steps, train=dataclasses.replace(steps.train, steps=n)),
                                       inputs / "tight", sc=sc), speed).values()) for n in (39, 40)}
     fitted, _, est, trims = fit_budget(steps, inputs / "tight", False, sc, speed, (at[39] + at[40]) / 2)

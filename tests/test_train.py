@@ -419,8 +419,8 @@ def test_eval_every_logs_curves_without_changing_the_run(tiny_dir, tmp_path):
     common = dict(steps=4, lr=1e-3, precision="fp32", save_every=0, **TINY)
     plain = train(model, out=tmp_path / "plain", **common)
     probed = train(model, out=tmp_path / "probed", eval_every=2, eval_lengths="96,128", eval_trials=2,
-                   eval_ppl_data="pydoc", eval_ppl_tokens=300, **common)
-    _bit_equal(plain, probed)
+                   eval_ppl_data="pydoc", eval_ppl_tokens=300, eval_heads_length=128, **common)
+    _bit_equal(plain, probed)  # the heads figures (eager attention for the call) change nothing either
     rows = [json.loads(line) for line in (tmp_path / "probed-checkpoints" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("kind") == "eval"]
     assert [r["step"] for r in evals] == [0, 2, 4]
@@ -433,6 +433,37 @@ def test_eval_every_logs_curves_without_changing_the_run(tiny_dir, tmp_path):
     assert _losses_of(rows) == _losses(tmp_path / "plain-checkpoints")
     written = json.loads((probed / "posinterp.json").read_text())["training"]
     assert written["eval_every"] == 2 and written["precision"] == "fp32"
+    # the heads figures come from theory_heads' own measure/figures: at step 0 they equal the verb's
+    from posinterp import theory_heads as th
+
+    keys = {"length", "previous_token_heads", "previous_token_mass_1", "previous_token_mass_2", "induction_1",
+            "induction_2", "copy_1", "copy_2", "repeat_loss", "teacher_forced_digit_accuracy"}
+    assert all(set(r["heads"]) == keys and r["heads"]["length"] == 128 for r in evals)
+    assert evals[0]["heads"]["repeat_loss"] != evals[-1]["heads"]["repeat_loss"]  # it moves with training
+    verb = th.heads(model, length=128, data="pydoc", device="cpu", dtype="float32")
+    step0 = {k: v for k, v in evals[0]["heads"].items() if k != "length"}
+    assert set(step0) == set(verb["figures"])
+    for k, v in verb["figures"].items():
+        assert (step0[k] is None and v is None) or step0[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    sets = json.loads((tmp_path / "probed-checkpoints" / "heads_sets.json").read_text())["head_sets"]
+    assert sets == verb["head_sets"]  # followed from the first evaluation on (and after a resume)
+
+
+def test_eval_heads_settings_are_refused_in_one_line(tmp_path):
+    with pytest.raises(PosinterpError, match="--eval-heads-length -1"):
+        TrainConfig("m", out=tmp_path / "o", eval_every=5, eval_heads_length=-1)
+    with pytest.raises(PosinterpError, match="--eval-heads-reference"):
+        TrainConfig("m", out=tmp_path / "o", eval_every=5, eval_heads_reference=tmp_path / "none.json")
+
+
+def test_the_opening_line_says_in_words_what_runs():
+    from posinterp.train import describe_processes
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert describe_processes("NO", 1, cpu) == "one process on the CPU"
+    assert describe_processes("MULTI_CPU", 2, cpu) == "2 DDP processes on the CPU"
+    assert describe_processes("FSDP", 8, gpu) == "FSDP on 8 GPUs"
+    assert describe_processes("NO", 1, gpu) == "one process on the GPU"
 
 
 def _losses_of(rows: list[dict]) -> list[float]:

@@ -235,6 +235,18 @@ def crop(cache: Any, length: int) -> Any:
     return DynamicCache(ddp_cache_data=[(k[..., :length, :], v[..., :length, :]) for k, v, *_ in cache])
 
 
+def _progress(model: Any, trials: list[Trial], new_tokens: int, enabled: bool) -> Any:
+    """One line per prompt with the ETA; weighted by each prompt's priced prefill and decoding (or its length)."""
+    from posinterp.evals.progress import Progress, speed_for
+
+    hit = speed_for(model) if enabled else None
+    if hit is None:
+        return Progress("passkey", [t.length for t in trials], enabled=enabled)
+    speed, when = hit
+    weights = [speed.forward_s(t.length) + new_tokens * speed.decode_token_s(t.length) for t in trials]
+    return Progress("passkey", weights, sum(weights), f"priced by the stage probe cached here on {when}")
+
+
 def run_trials(model: Any, tokenizer: Any, trials: list[Trial], *, max_new_tokens: int = 8,
                share_prefix: bool = True, progress: bool = True) -> list[dict]:
     """Answer every trial; returns one record per trial (in the order given)."""
@@ -252,13 +264,10 @@ def run_trials(model: Any, tokenizer: Any, trials: list[Trial], *, max_new_token
         if not all(list(trials[i].ids[: trials[i].prefix_len]) == prefix[: trials[i].prefix_len] for i in branch):
             branch = []
     outputs: dict[int, list[int]] = {}
-    done = 0
+    bar = _progress(model, trials, max_new_tokens, progress)
 
     def report(t: Trial) -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            log.info("passkey %d/%d: length %d depth %.2f", done, len(trials), t.length, t.depth)
+        bar.done(f"length {t.length} depth {t.depth:.2f}")
 
     with common.eval_mode(model):
         for i, t in enumerate(trials):

@@ -25,6 +25,7 @@ from posinterp.cli import arg, as_config, at_least
 from posinterp.corpus import SPLITS, describe, load_documents
 from posinterp.errors import PosinterpError
 from posinterp.evals import common
+from posinterp.evals.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +111,30 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 
+def progress_for(model: Any, docs: list[list[int]], strides: dict[int, int], what: str) -> Progress:
+    """A Progress over every window of every size (each weighted by its priced forward and head, or by its
+    tokens with no stage probe cached here)."""
+    from posinterp.evals.progress import speed_for
+
+    hit = speed_for(model)
+    spans = [(e - b, e - f) for size, stride in strides.items() for ids in docs for b, e, f in windows(len(ids), size, stride)]
+    if hit is None:
+        return Progress(what, [t for t, _ in spans])
+    speed, when = hit
+    weights = [speed.forward_s(t) + n * speed.head_s_per_token for t, n in spans]
+    return Progress(what, weights, sum(weights), f"priced by the stage probe cached here on {when}")
+
+
 def score(model: Any, docs: list[list[int]], window: int, stride: int, batch_size: int = 1,
-          progress: bool = True) -> list[tuple[float, int]]:
-    """(Σ NLL, scored tokens) per document: body in the model's dtype, fp32 head on scored rows only."""
+          progress: bool | Progress = True) -> list[tuple[float, int]]:
+    """(Σ NLL, scored tokens) per document: body in the model's dtype, fp32 head on scored rows only.
+    `progress`: a shared Progress (one line per window with the ETA), True for one of its own, False: quiet."""
     import torch
 
     body, head = common.decoder(model), common.Head(model)
     tasks = [(d, b, e, f) for d, ids in enumerate(docs) for b, e, f in windows(len(ids), window, stride)]
+    if progress is True:
+        progress = progress_for(model, docs, {window: stride}, f"ppl window {window}")
     # windows of equal length can share a forward pass
     groups: dict[int, list[tuple[int, int, int, int]]] = {}
     for t in tasks:
@@ -138,7 +156,8 @@ def score(model: Any, docs: list[list[int]], window: int, stride: int, batch_siz
                     totals[d][1] += e - f
                 done += len(batch)
                 if progress:
-                    log.info("ppl window %d: %d/%d windows", window, done, len(tasks))
+                    for _ in batch:
+                        progress.done(f"window {window}, {done}/{len(tasks)}")
     return [(nll, n) for nll, n in totals]
 
 
@@ -214,9 +233,10 @@ def perplexity(cfg: PerplexityConfig | str | None = None, **kwargs) -> dict:
     with timer("load"):
         model, _, _ = common.load(cfg)
     rows, notes = [], []
+    bar = progress_for(model, docs, stride_of, f"ppl {common.label(cfg.model, cfg.rope)}")
     for size in sizes:
         with timer(f"window_{size}"):
-            totals = score(model, docs, size, stride_of[size], int(cfg.batch_size))
+            totals = score(model, docs, size, stride_of[size], int(cfg.batch_size), progress=bar)
         nll, n = sum(t[0] for t in totals), sum(t[1] for t in totals)
         short = [m["name"] for m in meta if m["tokens"] < size]
         if short:

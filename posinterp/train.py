@@ -342,8 +342,7 @@ def _distributed_note(accelerator: Any) -> tuple[str, str | None]:
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
-    what = describe_processes(str(kind.value if hasattr(kind, "value") else kind), accelerator.num_processes,
-                              accelerator.device)
+    what = f"{kind.value if hasattr(kind, 'value') else kind} × {accelerator.num_processes} ({accelerator.device})"
     asked = None
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and kind != DistributedType.FSDP:
         asked = "FSDP"
@@ -842,6 +841,9 @@ def _settings(cfg: TrainConfig, p: Plan, accelerator: Any, precision: Any, facts
             "precision": precision.name, "precision_why": precision.reason, "threads": torch.get_num_threads(),
             "tokens_per_step": None if cfg.task == "summarize" else global_batch * p.seq_len,  # summarize: varies
             "distributed": distributed, "distributed_note": fallback,
+            "processes_in_words": describe_processes(str(getattr(accelerator.distributed_type, "value",
+                                                                 accelerator.distributed_type)),
+                                                     accelerator.num_processes, accelerator.device),
             "activation_checkpointing": facts["activation_checkpointing"],
             "activation_checkpointing_why": facts["activation_checkpointing_why"], "attn": facts["attn"],
             "model_window": p.model_window, "rope_parameters": rope_parameters(hf.config),
@@ -853,7 +855,7 @@ def _settings(cfg: TrainConfig, p: Plan, accelerator: Any, precision: Any, facts
 def _log_start(cfg: TrainConfig, s: dict) -> None:
     log.info("training %s: %s, %d steps × %d sequences × %d tokens (global batch %d = %d × %d × %d processes), "
              "lr %g %s, precision %s, activation checkpointing %s (%s), attention %s, %d trainable parameters; "
-             "data %s", cfg.model, s["distributed"], cfg.steps, s["global_batch"], s["seq_len"], s["global_batch"],
+             "data %s", cfg.model, s["processes_in_words"], cfg.steps, s["global_batch"], s["seq_len"], s["global_batch"],
              cfg.batch_size, cfg.grad_accum, s["processes"], cfg.lr, cfg.schedule, s["precision"],
              "on" if s["activation_checkpointing"] else "off", s["activation_checkpointing_why"], s["attn"],
              s["trainable_parameters"], s["data_description"])

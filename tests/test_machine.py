@@ -88,7 +88,7 @@ def test_the_suite_never_writes_the_users_probe_cache(monkeypatch, tmp_path):
 
 def test_a_capped_onednn_is_probed_as_another_machine(monkeypatch, tmp_path):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes bf16 as slow as on an AVX2-only CPU: the cached fast answer must not apply."""
-    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
+    monkeypatch.setenv(machine.PROBE_CACHE_ENV, str(tmp_path / "probe.json"))
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     answers = iter([{"bf16_tflops": 1.0, "fp32_tflops": 0.2, "speedup": 5.0, "probe_n": 8},

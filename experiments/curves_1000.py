@@ -145,7 +145,7 @@ def curve(runs: Path, row: str) -> dict | None:
             "mean_step_s": sum(r["step_s"] for r in train_rows) / len(train_rows) if train_rows else None}
 
 
-def plot(curves: list[dict], path: Path) -> None:
+def plot(curves: list[dict], path: Path, reference: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,7 +169,11 @@ def plot(curves: list[dict], path: Path) -> None:
             ax.plot(xs, ys, marker=markers[i % len(markers)], ms=4, lw=1.2,
                     ls=("-", "--", ":", "-.")[i % 4], label=f"{c['row']} ({c['rope']}, lr {c['lr']:g})")
             ax.set(title=title, xlabel="training tokens")
+    for ax, (key, _) in zip(axes.ravel(), panels, strict=True):
+        if reference and reference.get(key) is not None:  # the original model (no PI, no training)
+            ax.axhline(reference[key], color="0.4", ls=":", lw=1, label="original model, 0 steps")
     axes[0][0].legend(fontsize=7)
+    axes[0][1].legend(fontsize=7)
     fig.suptitle("SmolLM2-135M fine-tuned on mix at 1024 tokens per step (2 CPU cores)", fontsize=10)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
@@ -210,7 +214,7 @@ def summarize(runs: Path, out: Path) -> None:
     tmp.write_text(json.dumps(summary, indent=1))
     tmp.replace(out / "summary.json")
     if curves:
-        plot(curves, out / "curves.png")
+        plot(curves, out / "curves.png", summary["reference_heads"])
     (out / "table.md").write_text(table(curves) + "\n")
     print(table(curves))
 

@@ -84,7 +84,8 @@ def summarize(runs: Path, out: Path) -> None:
         pk = runs / f"passkey-{row}" / "results.json"
         if pk.is_file():
             p = json.loads(pk.read_text())
-            got["passkey"] = {"success_rate": p["success_rate"], "k_max": p["summary"]["k_max"],
+            got["passkey"] = {"accuracy": {str(x["length"]): x["accuracy"] for x in p["summary"]["per_length"]},
+                              "k_max": p["summary"]["k_max"],
                               "answers": [{k: t.get(k) for k in ("length", "key", "answer", "correct")}
                                           for t in p["trials"]],
                               "precision": p.get("precision"), "seconds": p["timings"]}
@@ -107,7 +108,7 @@ def summarize(runs: Path, out: Path) -> None:
 
     for row, g in rows.items():
         fig = (g.get("heads") or {}).get("figures") or {}
-        sr = (g.get("passkey") or {}).get("success_rate", {})
+        sr = (g.get("passkey") or {}).get("accuracy", {})
         lines.append(f"| {row} | {f(sr.get('2048'), '.0%')} | {f(sr.get('8192'), '.0%')} | "
                      f"{f((g.get('ppl') or {}).get('2048'), '.2f')} | {fig.get('previous_token_heads', '—')} | "
                      f"{f(fig.get('previous_token_mass_1'))} / {f(fig.get('previous_token_mass_2'))} | "

@@ -702,6 +702,8 @@ def setup(cfg: TrainConfig) -> Session:
     provenance = _provenance(cfg, p.source, read_provenance(p.source.folder), facts["rope_info"],
                              _hf_model(accelerator.unwrap_model(module).lm).config)
     _log_start(cfg, settings)
+    if main:
+        _log_expected(cfg, settings, _hf_model(accelerator.unwrap_model(module).lm).config, precision.name, start)
     metrics = _Metrics(cfg.checkpoint_dir, start, main, cfg.tensorboard)
     if main:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -859,6 +861,21 @@ def _log_start(cfg: TrainConfig, s: dict) -> None:
              cfg.batch_size, cfg.grad_accum, s["processes"], cfg.lr, cfg.schedule, s["precision"],
              "on" if s["activation_checkpointing"] else "off", s["activation_checkpointing_why"], s["attn"],
              s["trainable_parameters"], s["data_description"])
+
+
+def _log_expected(cfg: TrainConfig, s: dict, config: Any, precision: str, start: int) -> None:
+    """The expected time of the steps to run, from this machine's cached stage probe (`run --estimate`)."""
+    from posinterp.estimate import cached_speed
+
+    hit = cached_speed(config, precision)
+    if hit is None or s["processes"] != 1:
+        log.info("expected time: shown by the progress bar after the first step (no stage probe of this model "
+                 "cached here; `posinterp run --estimate` caches one)")
+        return
+    speed, when = hit
+    per_step = cfg.batch_size * speed.train_step_s(int(s["seq_len"]), cfg.grad_accum)
+    log.info("expected ≈ %.1f min for %d steps (%.1f s/step, priced by the stage probe cached here on %s; "
+             "evaluations extra)", per_step * (cfg.steps - start) / 60, cfg.steps - start, per_step, when)
 
 
 def _summary(cfg: TrainConfig, s: dict, start: int, resumed_from: str | None, tokens: int, losses: list[float],

@@ -109,3 +109,28 @@ def test_auto_picks_the_gpu_when_there_is_one_and_a_missing_gpu_is_refused(monke
     assert models.pick_device("auto") == "cuda" and models.pick_device("cuda:1") == "cuda:1"
     with pytest.raises(PosinterpError, match="sees 2 GPU"):
         models.pick_device("cuda:2")
+
+
+def test_model_facts_are_read_strictly_from_a_loaded_config_too():
+    """A GGUF's facts come as a loaded config (no config.json): the same checks, naming the file and key."""
+    import transformers as tf
+
+    from posinterp.models import check_facts
+
+    def cfg(**kw):
+        c = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                           num_hidden_layers=2, vocab_size=100)
+        for k, v in kw.items():
+            setattr(c, k, v)
+        return c
+
+    check_facts(cfg(), "m.gguf")  # a sound config passes
+    bad = cfg()
+    bad.rope_parameters["rope_theta"] = -5.0
+    with pytest.raises(PosinterpError, match=r"^m.gguf: rope_theta = -5.0 must be a finite number above 1"):
+        check_facts(bad, "m.gguf")
+    with pytest.raises(PosinterpError, match="m.gguf: max_position_embeddings = 0 "):
+        check_facts(cfg(max_position_embeddings=0), "m.gguf")
+    with pytest.raises(PosinterpError, match="m.gguf: head_dim = 15 must be even"):
+        check_facts(cfg(head_dim=15), "m.gguf")
+    assert check_facts({"num_attention_heads": 4, "hidden_size": 64, "rope_theta": 1e4}, "config.json") is None

@@ -288,22 +288,16 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
             pk, trials=1)))
         trims.append(f"passkey trials {pk.trials} → 1 per length")
         stages, est = priced(recipe)
-    ppl = recipe.eval.ppl
     longest = max(recipe.eval.windows)
-    floor = longest + min(longest // 4, 4096)
-    if sum(est.values()) > budget and (ppl.max_tokens is None or ppl.max_tokens > floor):
-        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, ppl=dataclasses.replace(
-            ppl, max_tokens=floor, max_docs=1)))
-        trims.append(f"perplexity text → the first {floor} tokens of one document (was "
-                     f"{ppl.max_tokens or 'whole'} tokens × {ppl.max_docs or 'all'} documents)")
-        stages, est = priced(recipe)
-    ppl = recipe.eval.ppl
-    if sum(est.values()) > budget and (ppl.max_tokens is None or ppl.max_tokens > longest):
-        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, ppl=dataclasses.replace(
-            ppl, max_tokens=longest, max_docs=1)))
-        trims.append(f"perplexity text → the first {longest} tokens of one document: one window at {longest} "
-                     f"(was {ppl.max_tokens or 'whole'} tokens)")
-        stages, est = priced(recipe)
+    # perplexity text: first one slide of the longest window, then that window alone
+    for tokens, what in ((longest + min(longest // 4, 4096), ""), (longest, f": one window at {longest}")):
+        ppl = recipe.eval.ppl
+        if sum(est.values()) > budget and (ppl.max_tokens is None or ppl.max_tokens > tokens):
+            recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, ppl=dataclasses.replace(
+                ppl, max_tokens=tokens, max_docs=1)))
+            trims.append(f"perplexity text → the first {tokens} tokens of one document{what} (was "
+                         f"{ppl.max_tokens or 'whole'} tokens × {ppl.max_docs or 'all'} documents)")
+            stages, est = priced(recipe)
     steps = recipe.train.steps
     for _ in range(8):  # the proportional guess, then corrections: int() rounding and per-row costs can leave a rest
         over = sum(est.values()) - budget

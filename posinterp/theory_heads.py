@@ -87,12 +87,18 @@ class HeadsConfig(common.EvalConfig):
         at_least("--trials", self.trials, 1)
         at_least("--top", self.top, 1, " heads")
         if self.reference is not None:
-            self.reference = Path(self.reference)
-            if self.reference.is_dir():
-                self.reference = self.reference / HEADS_JSON
-            if not self.reference.is_file():
-                raise PosinterpError(f"--reference {self.reference} is not a file; give the {HEADS_JSON} of an "
-                                     "earlier `posinterp theory heads --out` run")
+            self.reference = reference_file(self.reference, "--reference")
+
+
+def reference_file(path: Path | str, flag: str) -> Path:
+    """The heads.json of an earlier measurement (a folder means its heads.json); refused in one line if absent."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / HEADS_JSON
+    if not path.is_file():
+        raise PosinterpError(f"{flag} {path} is not a file; give the {HEADS_JSON} of an earlier "
+                             "`posinterp theory heads --out` run")
+    return path
 
 
 # ---------------------------------------------------------------- pure reductions of one layer's weights

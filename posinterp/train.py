@@ -165,14 +165,9 @@ class TrainConfig(ModelArgs):
         if self.eval_heads_length is not None and int(self.eval_heads_length) < 0:
             raise PosinterpError(f"--eval-heads-length {self.eval_heads_length} must not be negative (0 = none)")
         if self.eval_heads_reference is not None:
-            from posinterp.theory_heads import HEADS_JSON
+            from posinterp.theory_heads import reference_file
 
-            self.eval_heads_reference = Path(self.eval_heads_reference)
-            if self.eval_heads_reference.is_dir():
-                self.eval_heads_reference = self.eval_heads_reference / HEADS_JSON
-            if not self.eval_heads_reference.is_file():
-                raise PosinterpError(f"--eval-heads-reference {self.eval_heads_reference} is not a file; give the "
-                                     f"{HEADS_JSON} of an earlier `posinterp theory heads --out` run")
+            self.eval_heads_reference = reference_file(self.eval_heads_reference, "--eval-heads-reference")
         if self.eval_lengths:
             from posinterp.evals.common import parse_lengths
 

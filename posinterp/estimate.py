@@ -329,37 +329,24 @@ def _speed_path() -> Any:
 
 
 def remember_speed(config: Any, speed: Speed) -> None:
-    import json
-    import time
+    from posinterp.machine import store
 
-    from posinterp.atomic import write_json
-
-    key, path = _speed_key(config, speed.precision), _speed_path()
-    try:
-        entries = [e for e in json.loads(path.read_text()).get("entries", []) if e.get("key") != key]
-    except (OSError, ValueError, AttributeError):
-        entries = []
-    entry = {"key": key, "speed": asdict(speed), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"entries": entries[-7:] + [entry]})
-    except OSError:  # a read-only cache: measured again next time
-        pass
+    store(_speed_path(), _speed_key(config, speed.precision), asdict(speed))
 
 
 def cached_speed(config: Any, precision: str) -> tuple[Speed, str] | None:
     """(the Speed last measured here for this model shape in `precision` (bf16|fp32|fp16), when), or None."""
-    import json
+    from posinterp.machine import cached
 
-    key = _speed_key(config, precision)
+    hit = cached(_speed_path(), _speed_key(config, precision))
+    if hit is None:
+        return None
     try:
-        entries = json.loads(_speed_path().read_text()).get("entries", [])
-        e = next(e for e in reversed(entries) if e.get("key") == key)
-        d = e["speed"]
+        d = hit["result"]
         conv = {k: {int(t): float(v) for t, v in d.get(k, {}).items()} for k in ("forward", "train", "attention")}
         return Speed(d["precision"], conv["forward"], conv["train"], float(d["optimizer_s"]),
-                     float(d.get("head_s_per_token", 0.0)), conv["attention"], int(d.get("layers", 0))), e["measured"]
-    except (OSError, ValueError, KeyError, StopIteration, TypeError, AttributeError):
+                     float(d.get("head_s_per_token", 0.0)), conv["attention"], int(d.get("layers", 0))), hit["measured"]
+    except (ValueError, KeyError, TypeError, AttributeError):  # an entry of another shape: measure again
         return None
 
 

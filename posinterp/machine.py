@@ -190,30 +190,43 @@ def probe_cache_path() -> Path:
     return Path(os.environ[PROBE_CACHE_ENV]) if os.environ.get(PROBE_CACHE_ENV) else cache_dir() / "machine-probe.json"
 
 
+def cached(path: Path, key: dict) -> dict | None:
+    """The entry stored under `key` in a keyed cache file ({"entries": [{key, result, measured}, ...]}), or None
+    (no file, a damaged one, no such key). The machine probe and the stage probe (`estimate`) both keep one."""
+    try:
+        entries = json.loads(Path(path).read_text()).get("entries", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    return next((e for e in entries if isinstance(e, dict) and e.get("key") == key and "result" in e), None)
+
+
+def store(path: Path, key: dict, result: dict) -> None:
+    """Keep `result` under `key` (replacing it), with the newest `CACHE_ENTRIES` entries; a read-only cache
+    is left as it is (measured again next time)."""
+    from posinterp.atomic import write_json
+
+    path = Path(path)
+    try:
+        entries = [e for e in json.loads(path.read_text()).get("entries", []) if isinstance(e, dict) and "key" in e]
+    except (OSError, ValueError, AttributeError):
+        entries = []
+    entries = [e for e in entries if e["key"] != key][-(CACHE_ENTRIES - 1):] + [
+        {"key": key, "result": result, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"entries": entries})
+    except OSError:
+        pass
+
+
 def probe(refresh: bool = False) -> dict:
     """bf16 and fp32 matmul TFLOP/s on this CPU with the threads torch uses; cached per machine."""
     key = cpu_key()
     path = probe_cache_path()
-    entries: list[dict] = []
-    try:
-        saved = json.loads(path.read_text())
-        entries = [e for e in saved.get("entries", []) if isinstance(e, dict) and "key" in e and "result" in e]
-    except (OSError, ValueError, AttributeError):
-        pass
-    if not refresh:
-        for e in entries:
-            if e["key"] == key:
-                return {**e["result"], **key, "cached": True}
+    if not refresh and (hit := cached(path, key)) is not None:
+        return {**hit["result"], **key, "cached": True}
     result = _measure()
-    entries = [e for e in entries if e["key"] != key][-(CACHE_ENTRIES - 1):] + [
-        {"key": key, "result": result, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-    try:
-        from posinterp.atomic import write_json
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {"entries": entries})
-    except OSError:  # a read-only home: measure again next time
-        pass
+    store(path, key, result)
     return {**result, **key, "cached": False}
 
 

@@ -238,10 +238,10 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False) -> dic
                 per = estimate.passkey_seconds(speed, lengths=lengths, trials=cfg.eval_trials) - estimate.LOAD_S
                 per += estimate.ppl_seconds(speed, doc_tokens=[cfg.eval_ppl_tokens],
                                             windows={seq_len: max(1, seq_len // 2)}) - estimate.LOAD_S
-                from posinterp.evals.during import HEADS_LENGTH
+                from posinterp.evals.during import heads_length
                 from posinterp.theory_heads import TRIALS
 
-                heads_len = cfg.eval_heads_length if cfg.eval_heads_length is not None else min(seq_len, HEADS_LENGTH)
+                heads_len = heads_length(cfg, seq_len)
                 per += (2 + TRIALS) * speed.forward_s(heads_len) if heads_len else 0.0  # text, repeat, passkey probes
                 sec += evals * per
             out[s.name] = sec
@@ -330,15 +330,6 @@ def _print_estimates(est: dict[str, float], speed: Any, stages: list[Stage]) -> 
     print(f"  {'all stages':<22} ≈ {sum(est.values()) / 60:6.1f} min")
 
 
-def _chosen_precision(precision: str) -> str:
-    """What --precision resolves to for a CPU/GPU plan here (auto: the cached matmul probe decides)."""
-    import torch
-
-    from posinterp.machine import choose_precision
-
-    return choose_precision(precision, "cuda" if torch.cuda.is_available() else "cpu").name
-
-
 def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None) -> dict:
     """Print the plan: model, data, memory estimate, steps and outputs; compute nothing.
 
@@ -386,7 +377,7 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None) -
           f"Adam {est.optimizer_gib:.1f}, activations {est.activations_gib:.1f}, logits {est.logits_gib:.1f}; "
           f"{est.params / 1e9:.2f} B params{', sharded over ' + str(gpus) if est.sharded else ''})")
     measured, when = (speed, "measured now") if speed is not None else (None, None)
-    if measured is None and (hit := cached_speed(config, _chosen_precision(tr.precision))) is not None:
+    if measured is None and (hit := cached_speed(config, tr.precision)) is not None:  # `run` pinned auto
         measured, when = hit[0], f"the probe cached here on {hit[1]}"
     if measured is not None and gpus == 1:
         step_s = tr.batch_size * measured.train_step_s(seq_len, tr.grad_accum)

@@ -33,6 +33,11 @@ HEADS_LENGTH = 1024
 HEADS_SETS = "heads_sets.json"
 
 
+def heads_length(cfg: Any, seq_len: int) -> int:
+    """The heads probe length of a TrainConfig: --eval-heads-length, else min(--seq-len, HEADS_LENGTH); 0 = none."""
+    return int(cfg.eval_heads_length) if cfg.eval_heads_length is not None else min(int(seq_len), HEADS_LENGTH)
+
+
 @dataclass
 class HeadsProbe:
     """The heads figures along the curve: probes built once, the followed head sets fixed at the first use."""
@@ -47,7 +52,7 @@ class HeadsProbe:
         from posinterp.errors import PosinterpError
 
         explicit = cfg.eval_heads_length is not None
-        length = int(cfg.eval_heads_length) if explicit else min(int(seq_len), HEADS_LENGTH)
+        length = heads_length(cfg, seq_len)
         if length == 0:
             return None
         config = model.config

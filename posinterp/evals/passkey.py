@@ -32,6 +32,7 @@ from typing import Any
 from posinterp.cli import arg, as_config, at_least
 from posinterp.errors import PosinterpError
 from posinterp.evals import common
+from posinterp.evals.progress import priced
 
 log = logging.getLogger(__name__)
 
@@ -235,18 +236,6 @@ def crop(cache: Any, length: int) -> Any:
     return DynamicCache(ddp_cache_data=[(k[..., :length, :], v[..., :length, :]) for k, v, *_ in cache])
 
 
-def _progress(model: Any, trials: list[Trial], new_tokens: int, enabled: bool) -> Any:
-    """One line per prompt with the ETA; weighted by each prompt's priced prefill and decoding (or its length)."""
-    from posinterp.evals.progress import Progress, speed_for
-
-    hit = speed_for(model) if enabled else None
-    if hit is None:
-        return Progress("passkey", [t.length for t in trials], enabled=enabled)
-    speed, when = hit
-    weights = [speed.forward_s(t.length) + new_tokens * speed.decode_token_s(t.length) for t in trials]
-    return Progress("passkey", weights, sum(weights), f"priced by the stage probe cached here on {when}")
-
-
 def run_trials(model: Any, tokenizer: Any, trials: list[Trial], *, max_new_tokens: int = 8,
                share_prefix: bool = True, progress: bool = True) -> list[dict]:
     """Answer every trial; returns one record per trial (in the order given)."""
@@ -264,7 +253,9 @@ def run_trials(model: Any, tokenizer: Any, trials: list[Trial], *, max_new_token
         if not all(list(trials[i].ids[: trials[i].prefix_len]) == prefix[: trials[i].prefix_len] for i in branch):
             branch = []
     outputs: dict[int, list[int]] = {}
-    bar = _progress(model, trials, max_new_tokens, progress)
+    # one line per prompt with the ETA, each priced by its prefill and decoding (or weighted by its length)
+    bar = priced("passkey", model, trials, lambda sp, t: sp.forward_s(t.length) + max_new_tokens
+                 * sp.decode_token_s(t.length), lambda t: t.length, enabled=progress)
 
     def report(t: Trial) -> None:
         bar.done(f"length {t.length} depth {t.depth:.2f}")

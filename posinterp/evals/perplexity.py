@@ -25,7 +25,7 @@ from posinterp.cli import arg, as_config, at_least
 from posinterp.corpus import SPLITS, describe, load_documents
 from posinterp.errors import PosinterpError
 from posinterp.evals import common
-from posinterp.evals.progress import Progress
+from posinterp.evals.progress import Progress, priced
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,9 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 def progress_for(model: Any, docs: list[list[int]], strides: dict[int, int], what: str) -> Progress:
     """A Progress over every window of every size (each weighted by its priced forward and head, or by its
     tokens with no stage probe cached here)."""
-    from posinterp.evals.progress import speed_for
-
-    hit = speed_for(model)
     spans = [(e - b, e - f) for size, stride in strides.items() for ids in docs for b, e, f in windows(len(ids), size, stride)]
-    if hit is None:
-        return Progress(what, [t for t, _ in spans])
-    speed, when = hit
-    weights = [speed.forward_s(t) + n * speed.head_s_per_token for t, n in spans]
-    return Progress(what, weights, sum(weights), f"priced by the stage probe cached here on {when}")
+    return priced(what, model, spans, lambda sp, span: sp.forward_s(span[0]) + span[1] * sp.head_s_per_token,
+                  lambda span: span[0])
 
 
 def score(model: Any, docs: list[list[int]], window: int, stride: int, batch_size: int = 1,

@@ -36,6 +36,18 @@ def speed_for(model: Any, precision: str | None = None) -> tuple[Any, str] | Non
     return cached_speed(model.config, precision)
 
 
+def priced(what: str, model: Any, units: list, price: Any, fallback: Any, enabled: bool = True,
+           note: str = "") -> Progress:
+    """A Progress over `units`, each weighted by `price(speed, unit)` seconds from the stage probe cached here
+    for `model` (and the total announced as the expected time), or by `fallback(unit)` without one."""
+    hit = speed_for(model) if enabled else None
+    if hit is None:
+        return Progress(what, [fallback(u) for u in units], enabled=enabled)
+    speed, when = hit
+    weights = [price(speed, u) for u in units]
+    return Progress(what, weights, sum(weights), f"priced by the stage probe cached here on {when}{note}")
+
+
 class Progress:
     """`Progress(what, weights)`: one unit per weight; `.done(detail)` after each unit logs elapsed and ETA."""
 

@@ -135,12 +135,16 @@ def summarize_documents(model: Any, tokenizer: Any, pairs: list, budget: Any, ge
 
     from posinterp import sft
     from posinterp.evals.common import eval_mode
+    from posinterp.evals.progress import priced
 
     rs = scorer()
     eos = gen_kwargs["eos_token_id"]
     docs, generations = [], []
     prompts = [sft.prompt_only(tokenizer, pair.document, budget.max_input_tokens) for pair in pairs]
-    bar = _progress(model, [len(ids) for ids in prompts], int(gen_kwargs["max_new_tokens"]))
+    new_tokens = int(gen_kwargs["max_new_tokens"])  # one line per document with the ETA, priced at the full count
+    bar = priced("summarize", model, [len(ids) for ids in prompts],
+                 lambda sp, n: sp.forward_s(n) + new_tokens * sp.decode_token_s(n), lambda n: n + new_tokens,
+                 note=f", at the full {new_tokens} new tokens")
     for i, (pair, ids) in enumerate(zip(pairs, prompts, strict=True)):
         doc_tokens = len(tokenizer(pair.document, add_special_tokens=False)["input_ids"])
         input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)  # (1, T)
@@ -162,19 +166,6 @@ def summarize_documents(model: Any, tokenizer: Any, pairs: list, budget: Any, ge
         bar.done(f"{pair.name}: {len(ids)} prompt tokens → {len(new)} new in {seconds:.1f} s; ROUGE-1/2/L "
                  + " / ".join(f"{scores[k]:.1f}" for k in ROUGE_TYPES))
     return docs, generations
-
-
-def _progress(model: Any, prompt_tokens: list[int], new_tokens: int) -> Any:
-    """One line per document with the ETA; priced by prefill and up to `new_tokens` decoded (or by length)."""
-    from posinterp.evals.progress import Progress, speed_for
-
-    hit = speed_for(model)
-    if hit is None:
-        return Progress("summarize", [t + new_tokens for t in prompt_tokens])
-    speed, when = hit
-    weights = [speed.forward_s(t) + new_tokens * speed.decode_token_s(t) for t in prompt_tokens]
-    return Progress("summarize", weights, sum(weights),
-                    f"priced by the stage probe cached here on {when}, at the full {new_tokens} new tokens")
 
 
 def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:

@@ -34,10 +34,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from runner import flags, posinterp, sh  # experiments/runner.py, beside this script
 
 MODEL = "smollm2-135m"
 ROWS = {"pi_ft": ("pi:2", 1e-4), "yarn_ft": ("yarn:2", 1e-4), "nopi_ft": (None, 1e-4),
@@ -53,26 +53,6 @@ EVAL = {"eval-lengths": "512,1024", "eval-trials": 10, "eval-ppl-data": "gutenbe
 EVAL_EVERY = {"pi_ft": 100, "yarn_ft": 100, "nopi_ft": 100}
 """--eval-every per row (the sweep rows: every 50)."""
 REFERENCE = "reference-none"
-
-
-def posinterp(*args: str) -> list[str]:
-    return [sys.executable, "-m", "posinterp", *args]
-
-
-def flags(d: dict) -> list[str]:
-    return [x for k, v in d.items() for x in (f"--{k}", str(v))]
-
-
-def sh(cmd: list[str], log: Path) -> float:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log, "a") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
-        code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log}")
-    return time.perf_counter() - t0
 
 
 def reference(runs: Path) -> Path:

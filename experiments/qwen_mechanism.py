@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from runner import flags, posinterp, sh  # experiments/runner.py, beside this script
 
 MODEL = "qwen2.5-coder-1.5b"
 ROWS = {"none": None, "pi2": "pi:2", "yarn2": "yarn:2"}
@@ -34,27 +33,10 @@ PASSKEY = {"lengths": "2048,8192", "trials": 5}
 PPL = {"data": "gutenberg", "split": "test", "max-docs": 1, "max-tokens": 8192, "windows": 2048, "stride": 1024}
 
 
-def posinterp(*args: str) -> list[str]:
-    return [sys.executable, "-m", "posinterp", *args]
-
-
-def flags(d: dict) -> list[str]:
-    return [x for k, v in d.items() for x in (f"--{k}", str(v))]
-
-
 def step(out: Path, cmd: list[str], log: Path) -> None:
     if out.is_dir() and any(out.iterdir()):
         return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with open(log, "a") as fh:
-        fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
-        code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode
-    with open(log, "a") as fh:
-        fh.write(f"# exit {code} after {time.perf_counter() - t0:.1f} s\n")
-    if code != 0:
-        raise SystemExit(f"failed ({code}): {' '.join(cmd)}; see {log}")
+    sh(cmd, log)
 
 
 def run(runs: Path) -> None:

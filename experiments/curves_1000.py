@@ -5,8 +5,10 @@ along the curve. Does fine-tuning re-learn what PI shifts?
     # 1. the original model's previous-token and copy heads (followed along every row's curve)
     .venv/bin/python experiments/curves_1000.py reference --runs $R
     # 2. the queue, in the background; every segment continues its row's run (`train --resume`), so a
-    #    killed queue (a session's end) picks up at the last checkpoint when started again
-    nohup .venv/bin/python experiments/curves_1000.py run --runs $R >> $R/queue.log 2>&1 &
+    #    killed queue (a session's end) picks up at the last checkpoint when started again. Hours long: run
+    #    it from a frozen copy of the code, so edits to the work tree cannot reach a segment mid-run
+    mkdir -p $R/code && git archive HEAD | tar -x -C $R/code
+    (cd $R/code && PYTHONPATH=$R/code nohup $PWD/.venv/bin/python experiments/curves_1000.py run --runs $R >> $R/queue.log 2>&1 &)
     # 3. the summary (JSON, README table, curves.png); re-runnable on partial data
     .venv/bin/python experiments/curves_1000.py summarize --runs $R --out docs/results/curves1000
 

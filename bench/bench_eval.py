@@ -53,7 +53,7 @@ def forward_flops(config, tokens: int) -> float:
 
 
 def document(args: argparse.Namespace, tokenizer, length: int) -> list[int]:
-    from posinterp.corpus import load_documents
+    from posinterp.data.corpus import load_documents
 
     need = length + args.extra_strides * args.stride
     for doc in load_documents(args.data, split=args.split):
@@ -67,18 +67,18 @@ def phase(args: argparse.Namespace) -> dict:
     """Run one phase in this process and return its figures."""
     import torch
 
-    from posinterp import models
     from posinterp.evals import passkey as pk
     from posinterp.evals import perplexity as pp
     from posinterp.machine import choose_precision, matmul_tflops, set_threads
-    from posinterp.rope import parse_rope
+    from posinterp.model import loader
+    from posinterp.model.rope import parse_rope
 
     set_threads()
     fp32 = args.phase in ("ppl-ref", "ppl-fast32", "pk-ref")
-    device = models.pick_device(args.device)
+    device = loader.pick_device(args.device)
     cuda = device.startswith("cuda")
     dtype = torch.float32 if fp32 else choose_precision("auto", device).torch_dtype  # the eval's own default
-    model, tokenizer, _ = models.load(args.model, rope=parse_rope(args.rope), dtype=dtype, device=device)
+    model, tokenizer, _ = loader.load(args.model, rope=parse_rope(args.rope), dtype=dtype, device=device)
     with torch.inference_mode():  # warm-up (kernel selection, first-call allocations), untimed, for every phase
         model(input_ids=torch.ones(1, 64, dtype=torch.long, device=device), use_cache=False)
     if cuda:

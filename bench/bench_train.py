@@ -58,7 +58,7 @@ def _rate(step_s: list[float], tokens: int) -> float:
 
 # -- phases (run in children) ------------------------------------------------------------------------
 def phase_posinterp(length: int, steps: int, checkpointing: str) -> dict:
-    from posinterp.train import train
+    from posinterp.train.loop import train
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         out = train(MODEL, rope=ROPE, out=Path(tmp) / "out", seq_len=length, steps=steps, save_every=0,
@@ -74,13 +74,13 @@ def phase_posinterp(length: int, steps: int, checkpointing: str) -> dict:
 def phase_baseline(length: int, steps: int, checkpointing: bool) -> dict:
     import torch
 
-    from posinterp import models
-    from posinterp.data import PackedSequences
-    from posinterp.rope import parse_rope
-    from posinterp.train import TrainConfig
+    from posinterp.data.packing import PackedSequences
+    from posinterp.model import loader
+    from posinterp.model.rope import parse_rope
+    from posinterp.train.config import TrainConfig
 
     d = TrainConfig(MODEL, out=Path("unused"))  # the same optimizer settings as the real path
-    model, tok, _ = models.load(MODEL, rope=parse_rope(ROPE), dtype=torch.float32)
+    model, tok, _ = loader.load(MODEL, rope=parse_rope(ROPE), dtype=torch.float32)
     model.train()
     model.config.use_cache = False
     if checkpointing:
@@ -119,9 +119,9 @@ def phase_peak() -> dict:
 
 
 def model_flops_per_token(length: int) -> float:
-    from posinterp import models
+    from posinterp.model import facts, refs
 
-    config = models.load_config(models.dense(models.resolve(MODEL)))
+    config = facts.load_config(refs.dense(refs.resolve(MODEL)))
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     heads, kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     per_layer = h * heads * hd + 2 * h * kv * hd + heads * hd * h + 3 * h * inter  # q, k+v, o, gate/up/down

@@ -4,7 +4,7 @@
         --override=--train.steps=10 --out docs/demo/estimate_check.json
 
 Reads the run's recipe.resolved.yaml (plus `--override`s, e.g. the steps a --budget trimmed) and
-timings.json, measures `posinterp.estimate.measure_speed` afresh, and prints estimated against
+timings.json, measures `posinterp.run.estimate.measure_speed` afresh, and prints estimated against
 measured seconds per stage. For checking a change to the estimate against a run already made;
 the run itself writes the same comparison into its report from the probe it took before starting.
 """
@@ -24,9 +24,10 @@ def main() -> None:
     p.add_argument("--override", action="append", default=[], help="dotted recipe override, e.g. --override=--train.steps=10")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    from posinterp.estimate import measure_speed
-    from posinterp.recipe import load_recipe
-    from posinterp.run import plan, scale, stage_estimates
+    from posinterp.run.budget import stage_estimates
+    from posinterp.run.estimate import measure_speed
+    from posinterp.run.recipe import load_recipe
+    from posinterp.run.stages import plan, scale
 
     recipe, _ = load_recipe(args.run_dir / "recipe.resolved.yaml", args.override)
     t0 = time.perf_counter()

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from posinterp import theory_heads as th
 from posinterp.atomic import write_json, write_text
 from posinterp.evals.common import md_table
+from posinterp.theory import heads, heads_plots
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,22 +49,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     results, seconds = [], {}
-    reference = args.out / "none" / th.HEADS_JSON
+    reference = args.out / "none" / heads.HEADS_JSON
     for name, flags in rows(args.ft):
         folder = args.out / name.replace(" ", "-")
-        path = folder / th.HEADS_JSON
+        path = folder / heads.HEADS_JSON
         if path.is_file() and not args.force:
             print(f"{name}: kept {path}")
             results.append((name, json.loads(path.read_text())))
             continue
         start = time.perf_counter()
         extra = {} if name == "none" else {"reference": reference}
-        r = th.heads(length=args.length, trials=args.trials, device="cpu", out=folder, force=True, **extra, **flags)
+        r = heads.heads(length=args.length, trials=args.trials, device="cpu", out=folder, force=True, **extra, **flags)
         seconds[name] = round(time.perf_counter() - start, 1)
         results.append((name, r))
 
-    th.plot_compare(args.out / "compare.png", results)
-    table = [th.table_rows(r) for _, r in results]
+    heads_plots.plot_compare(args.out / "compare.png", results)
+    table = [heads.table_rows(r) for _, r in results]
     names = [name for name, _ in results]
     md = md_table(["figure (reference heads of `none`)"] + names,
                   [[label] + [t[i][1] for t in table] for i, (label, _) in enumerate(table[0])])

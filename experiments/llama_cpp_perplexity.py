@@ -3,7 +3,7 @@ on the same tokens, window and stride (issue 16, item 3's slow check; not in CI:
 
     .venv/bin/python experiments/llama_cpp_perplexity.py --out docs/results/readers/llama_cpp_ppl.json
 
-1. **llama.cpp**: the pinned llama-cpp-python sdist (`posinterp.gguf_export.LLAMA_CPP_SDIST`, fetched with
+1. **llama.cpp**: the pinned llama-cpp-python sdist (`posinterp.model.gguf.LLAMA_CPP_SDIST`, fetched with
    `pip download --no-deps`) is unpacked whole under `<cache>/llama.cpp/src-<version>` and only the
    `llama-perplexity` tool is built with CMake under `<cache>/llama.cpp/build-<version>` (once; `--binary`
    uses one you have).
@@ -42,8 +42,8 @@ TOLERANCE = 0.005
 def source(version: str) -> Path:
     """vendor/llama.cpp of the pinned sdist, unpacked whole (the converter's cache keeps only its own files)."""
     from posinterp.atomic import atomic_dir
-    from posinterp.gguf_export import fetch_sdist, unpack
-    from posinterp.models import cache_dir
+    from posinterp.cache import cache_dir
+    from posinterp.model.gguf import fetch_sdist, unpack
 
     target = cache_dir() / "llama.cpp" / f"src-{version}"
     if (target / "CMakeLists.txt").is_file():
@@ -58,7 +58,7 @@ def source(version: str) -> Path:
 
 def build(version: str, jobs: int) -> tuple[Path, float | None]:
     """llama-perplexity and llama-tokenize, built once (CPU only, no network code); the seconds it took, or None."""
-    from posinterp.models import cache_dir
+    from posinterp.cache import cache_dir
 
     src = source(version)
     out = cache_dir() / "llama.cpp" / f"build-{version}"
@@ -78,7 +78,7 @@ def same_token_ids(binary: Path, gguf: Path, text: Path, model: str) -> dict:
     """llama.cpp's tokenizer (llama-tokenize, built beside llama-perplexity) against transformers' on the file."""
     import ast
 
-    from posinterp.models import load_tokenizer, resolve
+    from posinterp.model.refs import load_tokenizer, resolve
 
     tool = binary.with_name("llama-tokenize")
     r = subprocess.run([str(tool), "-m", str(gguf), "-f", str(text), "--ids", "--log-disable"],
@@ -94,8 +94,8 @@ def held_out_text(model: str, tokens: int, path: Path) -> int:
     """`tokens` tokens of the held-out book, from the start or a few tokens in, as text that re-tokenizes to exactly
     that many and does not end in a newline (llama-perplexity drops a file's final newline when it reads -f:
     common/arg.cpp). Returns the offset."""
-    from posinterp.corpus import load_documents
-    from posinterp.models import load_tokenizer, resolve
+    from posinterp.data.corpus import load_documents
+    from posinterp.model.refs import load_tokenizer, resolve
 
     tok = load_tokenizer(resolve(model))
     doc = load_documents("gutenberg", split="test", limit=1)[0]
@@ -161,9 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--methods {args.methods}: choose from {', '.join(METHODS)}")
 
     from posinterp.atomic import write_json
-    from posinterp.extend import extend
-    from posinterp.gguf_export import LLAMA_CPP_VERSION, export_gguf, read_keys
-    from posinterp.models import cache_dir, dense, load_config, original_window, resolve
+    from posinterp.cache import cache_dir
+    from posinterp.model.extend import extend
+    from posinterp.model.facts import load_config, original_window
+    from posinterp.model.gguf import LLAMA_CPP_VERSION, export_gguf, read_keys
+    from posinterp.model.refs import dense, resolve
 
     threads = len(os.sched_getaffinity(0))
     binary, build_s = (Path(args.binary), None) if args.binary else build(LLAMA_CPP_VERSION, threads)

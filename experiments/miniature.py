@@ -5,14 +5,14 @@
     .venv/bin/python experiments/miniature.py --config smollm2 --summarize-only ...   # rebuild the tables
 
 Each configuration is a tiny LLaMA whose *heads* resemble a real model's (the CI miniature in
-tests/test_reproduction.py has 16-dimensional heads, which no real model has):
+tests/train/test_reproduction.py has 16-dimensional heads, which no real model has):
 
 | config  | like                         | d_head | θ    | heads × layers | hidden |
 | ------- | ---------------------------- | ------ | ---- | -------------- | ------ |
 | smollm2 | SmolLM2-135M (d 64, θ 1e5)   | 64     | 1e5  | 2 × 2          | 128    |
 | llama   | LLaMA-7B (d 128, θ 1e4)      | 128    | 1e4  | 2 × 2          | 256    |
 
-1. **Pretraining at L = 256** with `posinterp train` on passkey documents (`posinterp.synthetic`, the
+1. **Pretraining at L = 256** with `posinterp train` on passkey documents (`posinterp.evals.synthetic`, the
    eval's own template: filler sentences, a 5-digit key to find and copy) and, with `--text-share`,
    Gutenberg training text cut to one sequence each (0 by default: see TEXT_SHARE). It runs in chunks of
    `--pretrain-chunk` steps (a resumed run, `steps` is not part of train.IDENTITY) until passkey
@@ -92,7 +92,7 @@ def long_lengths(factor: int) -> str:
 
 def text_sequences(tokenizer, seq_len: int, count: int, seed: int) -> list[str]:
     """`count` Gutenberg training-text documents of exactly seq_len − 1 tokens (each packs into one sequence)."""
-    from posinterp.corpus import iter_documents
+    from posinterp.data.corpus import iter_documents
 
     chunks: list[str] = []
     target = seq_len - 1
@@ -142,7 +142,7 @@ def copy_sequences(tokenizer, seq_len: int, count: int, seed: int) -> list[str]:
 def mixed(tokenizer, *, sequences: int, seq_len: int, seed: int, text_share: float, copy_share: float = 0.0) -> list[str]:
     """Passkey sequences, with shares of Gutenberg text and copying sequences. With a copying share, all the
     sequences are shuffled together (seeded), so every share arrives all along the run."""
-    from posinterp.synthetic import passkey_sequence_groups, passkey_sequences
+    from posinterp.evals.synthetic import passkey_sequence_groups, passkey_sequences
 
     n_text = int(round(sequences * text_share))
     n_copy = int(round(sequences * copy_share))
@@ -177,7 +177,7 @@ def ppl(model: Path, data: Path, window: int, beyond: bool = False) -> float:
 def head_summary(model: Path, rope: str, length: int, seed: int, out: Path, reference: Path | None) -> dict:
     """Previous-token heads under `rope` (those of `reference`, the pretrained model's, when given): mass at
     offsets 1 and 2 on text and passkey prompts, and the teacher-forced digit accuracy."""
-    from posinterp.theory_heads import HEADS_JSON, heads
+    from posinterp.theory.heads import HEADS_JSON, heads
 
     r = heads(str(model), rope=rope, length=length, trials=4, data="gutenberg", dtype="float32", seed=seed,
               out=out, force=True, reference=reference / HEADS_JSON if reference else None)
@@ -206,8 +206,13 @@ def mean_losses(metrics: Path, every: int = 250) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from posinterp.synthetic import passkey_sequences, passkey_tokenizer, tiny_passkey_model, write_jsonl
-    from posinterp.train import train
+    from posinterp.evals.synthetic import (
+        passkey_sequences,
+        passkey_tokenizer,
+        tiny_passkey_model,
+        write_jsonl,
+    )
+    from posinterp.train.loop import train
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # `taskset -c 0` runs a configuration on one core
     cfg = dict(CONFIGS[args.config])
@@ -293,7 +298,7 @@ def run(args: argparse.Namespace) -> dict:
         return result
 
     # -- 2. the same fine-tune for every row ------------------------------------------------------------
-    from posinterp.extend import extend
+    from posinterp.model.extend import extend
 
     rows = result.setdefault("rows", {})
     for f in args.factors:

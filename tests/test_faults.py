@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from posinterp import checkpoint, models
+from posinterp import errors
 from posinterp.__main__ import main
+from posinterp.model import facts, loader, refs
+from posinterp.train import checkpoint
 
 TRAIN = ["--data", "pydoc", "--seq-len", "32", "--tensorboard", "false", "--lr", "1e-3", "--warmup", "0"]
 
@@ -37,7 +39,7 @@ def good(tmp_path_factory, smol_tokenizer) -> Path:
 
 
 def _gguf_source() -> Path:
-    ref = models.resolve("smollm2-135m")
+    ref = refs.resolve("smollm2-135m")
     return ref.folder / ref.gguf_file
 
 
@@ -77,7 +79,7 @@ def _damage(kind: str, good: Path, tmp: Path) -> Path:
 FACTS = {"theta-negative": ("rope_theta", -5), "head-dim-odd": ("head_dim", 15),
          "kv-heads": ("num_key_value_heads", 3), "window-zero": ("max_position_embeddings", 0),
          "layers-fraction": ("num_hidden_layers", 1.5)}
-"""Model facts read strictly (`models.check_facts`): damage → (config.json key, value)."""
+"""Model facts read strictly (`facts.check_facts`): damage → (config.json key, value)."""
 
 
 # what each damage's one line must name
@@ -144,25 +146,25 @@ def test_a_gguf_cut_after_its_metadata_is_refused_when_read(tmp_path):
     path = tmp_path / "cut.gguf"
     with open(_gguf_source(), "rb") as src, open(path, "wb") as dst:
         dst.write(src.read(90_000_000))
-    ref = models.resolve(path)  # the magic is right
-    with pytest.raises(models.PosinterpError, match="cut.gguf cannot|config of .*cut.gguf"):
-        models.load_config(ref)
+    ref = refs.resolve(path)  # the magic is right
+    with pytest.raises(errors.PosinterpError, match="cut.gguf cannot|config of .*cut.gguf"):
+        facts.load_config(ref)
 
 
 def test_a_config_only_folder_still_resolves_for_planning(good, tmp_path):
     folder = tmp_path / "stand-in"
     folder.mkdir()
     shutil.copy(good / "tiny" / "config.json", folder)
-    assert models.resolve(folder).folder == folder.resolve()
-    with pytest.raises(models.PosinterpError, match="has a config.json but no weights"):
-        models.load_model(models.resolve(folder))
+    assert refs.resolve(folder).folder == folder.resolve()
+    with pytest.raises(errors.PosinterpError, match="has a config.json but no weights"):
+        loader.load_model(refs.resolve(folder))
 
 
 def test_a_damaged_dense_copy_of_a_gguf_is_made_again(good, tmp_path, monkeypatch):
     """The cached dense copy is checked like any folder; a truncated one is rebuilt, not loaded."""
     calls = []
     monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
-    ref = models.ModelRef("x", tmp_path, "model.gguf")
+    ref = refs.ModelRef("x", tmp_path, "model.gguf")
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     import hashlib
 
@@ -170,7 +172,7 @@ def test_a_damaged_dense_copy_of_a_gguf_is_made_again(good, tmp_path, monkeypatc
     key = hashlib.sha256(f"{(tmp_path / 'model.gguf').resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     cached = tmp_path / "dense" / f"model-{key.hexdigest()[:12]}"
     shutil.copytree(good / "tiny", cached)
-    assert models.dense(ref).folder == cached  # sound: used as is
+    assert refs.dense(ref).folder == cached  # sound: used as is
     weights = cached / "model.safetensors"
     os.truncate(weights, weights.stat().st_size - 10)
     import transformers
@@ -180,8 +182,8 @@ def test_a_damaged_dense_copy_of_a_gguf_is_made_again(good, tmp_path, monkeypatc
         raise ValueError("not a real gguf")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake)
-    with pytest.raises(models.PosinterpError, match="model.gguf cannot be read as a GGUF model"):
-        models.dense(ref)
+    with pytest.raises(errors.PosinterpError, match="model.gguf cannot be read as a GGUF model"):
+        refs.dense(ref)
     assert calls == ["model.gguf"]  # it tried to remake the copy instead of loading the damaged one
 
 

@@ -78,7 +78,7 @@ def test_probe_measures_both_dtypes_and_is_cached(monkeypatch, tmp_path):
 def test_the_suite_never_writes_the_users_probe_cache(monkeypatch, tmp_path):
     import os
 
-    from posinterp.models import cache_dir
+    from posinterp.cache import cache_dir
 
     assert os.environ.get(machine.PROBE_CACHE_ENV)  # set by conftest for the whole suite (subprocesses too)
     assert machine.probe_cache_path() != cache_dir() / "machine-probe.json"

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from posinterp.extend import extend
+from posinterp import extend
 from posinterp.train import train
 
 LM_LOSSES = [10.76064395904541, 10.780533790588379, 10.787397384643555]

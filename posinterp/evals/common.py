@@ -2,7 +2,7 @@
 
 An eval runs in two phases. `prepare` resolves the model and applies `--rope` to a copy of its
 config, so a length beyond the window is refused in one line before any weights are loaded. `load`
-then goes through `posinterp.models.load(..., rope=...)`, the same code path as `extend`.
+then goes through `posinterp.model.loader.load(..., rope=...)`, the same code path as `extend`.
 
 Speed on CPU: weights and activations in bf16, but the output head and the log-softmax run in fp32
 and only on the positions that are scored (`Head`): over a 16k window the full-vocabulary logits
@@ -23,8 +23,8 @@ from typing import Any
 from posinterp.atomic import atomic_dir, check_out, write_json, write_text
 from posinterp.cli import arg, to_dict
 from posinterp.errors import PosinterpError
-from posinterp.models import ModelArgs, Prepared
-from posinterp.rope import rope_parameters
+from posinterp.model.loader import ModelArgs, Prepared
+from posinterp.model.rope import rope_parameters
 
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 """`--dtype` values; `auto` is resolved by `posinterp.machine.choose_precision` (bf16 only where fast)."""
@@ -37,7 +37,7 @@ RESULTS_MD = "results.md"
 @dataclass
 class EvalConfig(ModelArgs):
     """Flags shared by `eval passkey` and `eval ppl` (their configs extend this one); the model flags
-    (model, --rope, --original-length, --device, --seed) come from `posinterp.models.ModelArgs`."""
+    (model, --rope, --original-length, --device, --seed) come from `posinterp.model.loader.ModelArgs`."""
 
     allow_beyond_window: bool = arg(False, help="evaluate lengths beyond the window the (re)configured model is "
                                                 "meant for (plain extrapolation); recorded in the results")
@@ -99,11 +99,11 @@ def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
 
 def prepare(cfg: EvalConfig, longest: int, what: str, flag: str) -> Prepared:
     """Resolve the model, apply --rope to a copy of its config and check `longest` fits its window."""
-    from posinterp import models
+    from posinterp.model import loader
 
-    cfg.device = models.pick_device(cfg.device)  # a GPU asked for and absent is refused here; auto is resolved
+    cfg.device = loader.pick_device(cfg.device)  # a GPU asked for and absent is refused here; auto is resolved
     cfg.precision = resolve_dtype(cfg)
-    prep = models.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
+    prep = loader.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
     if longest > prep.window and not cfg.allow_beyond_window:
         raise PosinterpError(
             f"{flag}: {what} {longest} is beyond the window {prep.window} of '{cfg.model}' with --rope {cfg.rope}; "
@@ -113,15 +113,15 @@ def prepare(cfg: EvalConfig, longest: int, what: str, flag: str) -> Prepared:
 
 
 def load(cfg: EvalConfig) -> tuple[Any, Any, dict | None]:
-    """The model (eval mode, `cfg.dtype`, --rope applied by `models.load`) and its tokenizer."""
+    """The model (eval mode, `cfg.dtype`, --rope applied by `loader.load`) and its tokenizer."""
     import torch
 
-    from posinterp import models
+    from posinterp.model import loader
 
-    cfg.device = models.pick_device(cfg.device)
+    cfg.device = loader.pick_device(cfg.device)
     if cfg.dtype == "auto":
         cfg.precision = resolve_dtype(cfg)
-    return models.load(cfg.model, rope=cfg.rope_spec, original_length=cfg.original_length,
+    return loader.load(cfg.model, rope=cfg.rope_spec, original_length=cfg.original_length,
                        dtype=getattr(torch, cfg.dtype), device=cfg.device)
 
 

@@ -129,7 +129,7 @@ def compare(cfg: CompareConfig | str | None = None, **kwargs) -> dict:
         parts += ["## Sliding-window perplexity\n", perplexity_table(ppls)]
     text = "\n".join(parts)
     result = summary(runs)
-    from posinterp import plots
+    from posinterp.evals import plots
 
     with atomic_dir(cfg.out, force=cfg.force) as tmp:
         if passkeys:

@@ -330,7 +330,7 @@ def passkey(cfg: PasskeyConfig | str | None = None, **kwargs) -> dict:
     """
     cfg = as_config(PasskeyConfig, cfg, kwargs)
     common.check_output(cfg)
-    from posinterp import models
+    from posinterp.model import refs
 
     lengths = common.parse_lengths(cfg.lengths) if cfg.lengths else None
     prep = common.prepare(cfg, max(lengths) if lengths else 0, "prompt length", "--lengths")
@@ -338,7 +338,7 @@ def passkey(cfg: PasskeyConfig | str | None = None, **kwargs) -> dict:
         lengths = common.parse_lengths(f"{prep.window // 32}:{prep.window}:32")
     timer = common.Timer()
     with timer("build_prompts"):
-        tokenizer = models.load_tokenizer(models.dense(prep.ref))
+        tokenizer = refs.load_tokenizer(refs.dense(prep.ref))
         builder = PromptBuilder(tokenizer)
         trials = build_trials(builder, lengths, int(cfg.trials), int(cfg.depths), int(cfg.seed))
     with timer("load"):
@@ -352,7 +352,7 @@ def passkey(cfg: PasskeyConfig | str | None = None, **kwargs) -> dict:
               "timings": timer.seconds}
     log.info("passkey %s: k_max %d; %s", result["label"], result["summary"]["k_max"],
              ", ".join(f"{r['length']}: {r['accuracy']:.0%}" for r in result["summary"]["per_length"]))
-    from posinterp import plots
+    from posinterp.evals import plots
 
     common.write_results(cfg.out, cfg.force, result, markdown(result), {
         HEATMAP: lambda path: plots.passkey_heatmap(result, path),

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from posinterp.cli import arg, as_config, at_least
-from posinterp.corpus import SPLITS, describe, load_documents
+from posinterp.data.corpus import describe, load_documents
+from posinterp.data.files import SPLITS
 from posinterp.errors import PosinterpError
 from posinterp.evals import common
 from posinterp.evals.progress import Progress, priced
@@ -206,7 +207,7 @@ def perplexity(cfg: PerplexityConfig | str | None = None, **kwargs) -> dict:
     """
     cfg = as_config(PerplexityConfig, cfg, kwargs)
     common.check_output(cfg)
-    from posinterp import models
+    from posinterp.model import refs
 
     sizes = common.parse_lengths(cfg.windows, "--windows") if cfg.windows else None
     prep = common.prepare(cfg, max(sizes) if sizes else 0, "window", "--windows")
@@ -215,7 +216,7 @@ def perplexity(cfg: PerplexityConfig | str | None = None, **kwargs) -> dict:
     timer = common.Timer()
     with timer("tokenize"):
         documents = load_documents(cfg.data, split=cfg.split, text_field=cfg.text_field, limit=cfg.max_docs)
-        tokenizer = models.load_tokenizer(models.dense(prep.ref))
+        tokenizer = refs.load_tokenizer(refs.dense(prep.ref))
         docs, meta = [], []
         for doc in documents:
             ids = list(tokenizer(doc.text)["input_ids"])
@@ -250,7 +251,7 @@ def perplexity(cfg: PerplexityConfig | str | None = None, **kwargs) -> dict:
               "scoring": "sliding window (Press et al. 2022): every token after the first scored once, "
                          "up to W-1 tokens of context; token-weighted; tokenizer special tokens added as by default",
               "notes": notes, "timings": timer.seconds}
-    from posinterp import plots
+    from posinterp.evals import plots
 
     common.write_results(cfg.out, cfg.force, result, markdown(result),
                          {FIGURE: lambda path: plots.perplexity_by_window([result], path)})

@@ -1,7 +1,7 @@
 """Expected time at the start and an ETA while a long verb runs (eval ppl, passkey, original, summarize,
 theory heads; `train` has its own progress bar).
 
-At the start: the time this machine's cached stage probe (`posinterp.estimate.cached_speed`, written by
+At the start: the time this machine's cached stage probe (`posinterp.speed.cached_speed`, written by
 `run --estimate`/`--budget`) prices the work at, or, with no probe here, that the time is measured from
 the first unit. While running: one line per unit with the elapsed time and the ETA, the remaining work's
 weight (each unit's cost, e.g. tokens or a priced forward) at the pace measured so far.
@@ -28,7 +28,7 @@ def speed_for(model: Any, precision: str | None = None) -> tuple[Any, str] | Non
     """(Speed, when measured) cached here for this loaded model's shape and dtype, or None."""
     import torch
 
-    from posinterp.estimate import cached_speed
+    from posinterp.speed import cached_speed
 
     if precision is None:
         dtype = next(model.parameters()).dtype

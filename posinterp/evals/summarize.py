@@ -30,7 +30,7 @@ from typing import Any
 from posinterp.cli import arg, as_config, at_least, to_dict
 from posinterp.errors import PosinterpError
 from posinterp.evals.common import DTYPE_HELP, DTYPES, dtype_name, resolve_dtype
-from posinterp.models import ModelArgs
+from posinterp.model.loader import ModelArgs
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 @dataclass
 class SummarizeConfig(ModelArgs):
-    """The model flags come from `posinterp.models.ModelArgs`; --seed: document i samples with seed + i."""
+    """The model flags come from `posinterp.model.loader.ModelArgs`; --seed: document i samples with seed + i."""
 
     data: str = arg("pydoc-summaries", help="(document, summary) pairs: .jsonl/.json/.parquet files, a folder or "
                                             "glob of them, a datasets folder, or the built-in smoke set "
@@ -133,7 +133,7 @@ def summarize_documents(model: Any, tokenizer: Any, pairs: list, budget: Any, ge
     """(per-document rows with ROUGE, generations): one `generate` per document, seeded by seed + index."""
     import torch
 
-    from posinterp import sft
+    from posinterp.data import sft
     from posinterp.evals.common import eval_mode
     from posinterp.evals.progress import priced
 
@@ -174,23 +174,24 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     `summarize(SummarizeConfig(...))` or `summarize("runs/x", data="govreport/", limit=10)`.
     """
     cfg = as_config(SummarizeConfig, cfg, kwargs)
-    from posinterp import models, sft
     from posinterp.atomic import atomic_dir, check_out, write_json, write_text
+    from posinterp.data import sft, summaries
+    from posinterp.model import loader, refs
     from posinterp.versions import package_version, versions
 
     # everything that can be refused is refused before the model is loaded
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
-    cfg.device = models.pick_device(cfg.device)
+    cfg.device = loader.pick_device(cfg.device)
     cfg.precision = resolve_dtype(cfg)
-    prep = models.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
+    prep = loader.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
     ref, win, rope_info = prep.ref, prep.window, prep.rope_info
-    tokenizer = models.load_tokenizer(models.dense(ref))
+    tokenizer = refs.load_tokenizer(refs.dense(ref))
     budget = sft.fit_budget(tokenizer, win, max_summary_tokens=cfg.max_new_tokens,
                             max_input_tokens=cfg.max_input_tokens, summary_flag="--max-new-tokens")
-    pairs = sft.load_pairs(cfg.data, split=cfg.split, document_field=cfg.document_field,
+    pairs = summaries.load_pairs(cfg.data, split=cfg.split, document_field=cfg.document_field,
                            summary_field=cfg.summary_field, limit=cfg.limit)
-    data_name = sft.describe_pairs(cfg.data, cfg.split)
+    data_name = summaries.describe_pairs(cfg.data, cfg.split)
 
     import torch
 
@@ -208,9 +209,9 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
         m, se = mean_and_sem([d[k] for d in docs])
         mean[k], mean[k + "_sem"] = round(m, 3), round(se, 3)
     result = {
-        "verb": "eval summarize", "model": str(cfg.model), "model_files": str(models.dense(ref).folder),
+        "verb": "eval summarize", "model": str(cfg.model), "model_files": str(refs.dense(ref).folder),
         "rope": rope_info, "window": win, "data": data_name, "split": cfg.split, "decoding": decoding,
-        "prompt": sft.PROMPT, "max_input_tokens": budget.max_input_tokens, "max_new_tokens": int(cfg.max_new_tokens),
+        "prompt": summaries.PROMPT, "max_input_tokens": budget.max_input_tokens, "max_new_tokens": int(cfg.max_new_tokens),
         "prompt_overhead_tokens": budget.overhead, "mean": mean,
         "scores": "ROUGE F-measure x 100 (rouge_score RougeScorer, use_stemmer=True); mean ± standard error over documents",
         "documents": docs, "seconds": round(time.time() - t_all, 1), "precision": cfg.precision,

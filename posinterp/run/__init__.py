@@ -10,13 +10,6 @@ May import: everything else in posinterp; nothing imports it.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from posinterp import lazy
 
-_EXPORTS = {"run": "posinterp.run.pipeline", "RunConfig": "posinterp.run.pipeline"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'posinterp.run' has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, {"run": "posinterp.run.pipeline", "RunConfig": "posinterp.run.pipeline"})

@@ -11,13 +11,6 @@ May import: the shared core, `posinterp.model`, `posinterp.data`, `posinterp.eva
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from posinterp import lazy
 
-_EXPORTS = {"train": "posinterp.train.loop", "TrainConfig": "posinterp.train.config"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'posinterp.train' has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, {"train": "posinterp.train.loop", "TrainConfig": "posinterp.train.config"})

@@ -5,6 +5,7 @@ the attention kernel, and the chunked-loss module that wraps it.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,12 @@ def _add_lora(cfg: TrainConfig, lm: Any) -> Any:
         raise PosinterpError(f"--lora-targets {cfg.lora_targets!r}: {', '.join(absent) or 'empty'} not in the model; "
                              f"attention projections here are named e.g. "
                              f"{', '.join(sorted(n for n in present if 'proj' in n or 'query' in n)[:6])}")
-    peft_model = get_peft_model(lm, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                               target_modules=targets, bias="none"))
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on every LoRA run):
+        # a library's note to itself, not to the user, whether train runs from the CLI or the library
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(lm, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules=targets, bias="none"))
     extra = [k.strip() for k in cfg.lora_trainable.split(",") if k.strip()]
     for name, param in peft_model.named_parameters():
         if "lora_" not in name and any(k in name for k in extra):

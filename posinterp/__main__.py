@@ -16,11 +16,12 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
-import warnings
+import threading
 
 from posinterp.cli import add_arguments, from_namespace
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, Terminated
 
 VERBS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     # verb words: (module, config class, function, one-line help)
@@ -44,9 +45,6 @@ VERBS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
 def _quiet() -> None:
     """Keep the terminal for our own progress: silence library progress bars and info logs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on every LoRA train):
-    # a library's note to itself, not to the user
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         from transformers.utils import logging as tlog
 
@@ -85,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
@@ -99,15 +101,24 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(module)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet()
+    # SIGTERM unwinds like Ctrl-C (atomic outputs removed, one line) instead of killing the process mid-write
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         config = from_namespace(getattr(mod, cls_name), ns)
         getattr(mod, fn_name)(config)
     except PosinterpError as err:
         print(f"posinterp: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("posinterp: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("posinterp: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -14,11 +14,27 @@ from typing import Any
 from posinterp.errors import PosinterpError
 
 
+def check_kind(path: Path | str, flag: str, want: str, must_exist: bool = False) -> Path:
+    """Refuse in one line a path of the wrong kind before any work: a file where a folder is wanted
+    (`want="folder"`) or the other way round (`want="file"`), a path inside a file, or (with `must_exist`)
+    a missing one. `flag` names it: `--out`, `--checkpoint-dir`, a recipe key."""
+    path = Path(path).expanduser()
+    if want == "folder" and path.exists() and not path.is_dir():
+        raise PosinterpError(f"{flag} {path} is a file; give a folder")
+    if want == "file" and path.is_dir():
+        raise PosinterpError(f"{flag} {path} is a folder; give a file")
+    if not path.exists():
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise PosinterpError(f"{flag} {path} is inside {above}, which is a file; give a path in a folder")
+        if must_exist:
+            raise PosinterpError(f"{flag} {path} does not exist")
+    return path
+
+
 def check_out(out: Path, force: bool, flag: str = "--out") -> None:
-    """Refuse an existing non-empty output folder unless forced (checked before any work)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise PosinterpError(f"{flag} {out} exists and is a file; choose a folder path")
+    """Refuse an output folder of the wrong kind, or an existing non-empty one unless forced (before any work)."""
+    out = check_kind(out, flag, "folder")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise PosinterpError(f"{flag} {out} exists and is not empty; choose another path or pass --force")
 

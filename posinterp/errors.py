@@ -1,4 +1,4 @@
-"""The one exception type that the CLI prints as a single line (no traceback)."""
+"""The exception the CLI prints as a single line (no traceback), and SIGTERM's stand-in for Ctrl-C."""
 
 
 class PosinterpError(ValueError):
@@ -6,3 +6,7 @@ class PosinterpError(ValueError):
 
     The message is one line: what was wrong, the value, the limit, and the flag to change.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is, so every temporary output is removed on the way out; the CLI exits 143."""

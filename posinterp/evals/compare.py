@@ -67,10 +67,11 @@ def load_results(files: list[Path]) -> list[dict]:
     for file in files:
         try:
             data = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise PosinterpError(f"eval compare: cannot read {file}: {err}") from None
-        if data.get("kind") not in ("passkey", "perplexity"):
-            raise PosinterpError(f"eval compare: {file} is not a passkey or perplexity result (kind {data.get('kind')!r})")
+        except (OSError, ValueError) as err:  # not JSON, not UTF-8 text
+            raise PosinterpError(f"eval compare: cannot read {file}: {str(err).splitlines()[0]}") from None
+        kind = data.get("kind") if isinstance(data, dict) else f"none: a JSON {type(data).__name__}"
+        if kind not in ("passkey", "perplexity"):
+            raise PosinterpError(f"eval compare: {file} is not a passkey or perplexity result (kind {kind!r})")
         data["source"] = str(file.parent)
         runs.append(data)
     # two runs with the same label (e.g. one model on two corpora) get their folder name added

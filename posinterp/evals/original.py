@@ -311,11 +311,13 @@ def original(cfg: OriginalConfig | str | None = None, **kwargs) -> dict:
     `original(OriginalConfig(...))` or `original("runs/smollm2-16k", baseline="smollm2-135m")`.
     """
     cfg = as_config(OriginalConfig, cfg, kwargs)
-    from posinterp.atomic import atomic_dir, check_out, write_json, write_text
+    from posinterp.atomic import atomic_dir, check_kind, check_out, write_json, write_text
     from posinterp.versions import package_version, versions
 
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
+    if cfg.data_dir is not None:
+        check_kind(cfg.data_dir, "--data-dir", "folder", must_exist=True)
     cfg.device = pick_device(cfg.device)
     cfg.precision = resolve_dtype(cfg)
     pl = plan(cfg)

@@ -198,9 +198,9 @@ def plan(cfg: GgufExportConfig) -> dict[str, Any]:
     config = facts.load_config(ref)
     facts.check_rope(config)
     expected = expected_keys(config, cfg.outtype)
-    out = cfg.out
-    if out.is_dir():
-        raise PosinterpError(f"--out {out} is a folder; give a file path such as {out / 'model.gguf'}")
+    from posinterp.atomic import check_kind
+
+    out = check_kind(cfg.out, "--out", "file")
     if out.exists() and not cfg.force:
         raise PosinterpError(f"--out {out} exists; choose another path or pass --force")
     return expected

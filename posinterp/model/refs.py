@@ -57,7 +57,10 @@ def _find(text: str) -> ModelRef:
         return _fetched(text)
     tried.append(f"alias (known: {', '.join([*ALIASES, *FETCHED])})")
     path = Path(text).expanduser()
-    if path.suffix == ".gguf":
+    if path.is_file() and path.suffix != ".gguf":
+        raise PosinterpError(f"model {path} is a file but not a .gguf; give a model folder (with config.json), "
+                             "a .gguf file or an alias")
+    if path.suffix == ".gguf" and not path.is_dir():
         if path.is_file():
             return ModelRef(text, path.resolve().parent, path.name)
         tried.append(f"gguf file {path} (missing)")

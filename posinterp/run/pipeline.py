@@ -30,7 +30,7 @@ from posinterp.atomic import write_json, write_text
 from posinterp.cli import arg, as_config
 from posinterp.errors import PosinterpError
 from posinterp.run.budget import dry_run, fit_budget, parse_budget, print_estimates, stage_estimates
-from posinterp.run.recipe import Recipe, load_recipe
+from posinterp.run.recipe import Recipe, check_data, load_recipe
 from posinterp.run.stages import plan, scale, stage_done
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,7 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
     budget = parse_budget(cfg.budget)
     recipe, data = load_recipe(cfg.recipe, cfg.overrides)
     recipe = pin_precision(recipe)
-    run_dir = Path(recipe.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise PosinterpError(f"{cfg.recipe}: out {run_dir} exists and is a file; the run folder must be a folder "
-                             "(give another out, or --out DIR)")
+    run_dir = Path(recipe.out)  # a file there was refused with the recipe
     sc = scale(recipe)
     stages = plan(recipe, run_dir, force=cfg.force, sc=sc)
     estimates, trims, speed = {}, [], None
@@ -115,6 +112,7 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
         print_estimates(estimates, speed, stages)
     if cfg.dry_run:
         return dry_run(recipe, stages, sc, speed)
+    check_data(recipe, trains=any(stage.name.startswith("train") for stage in stages))
     run_dir.mkdir(parents=True, exist_ok=True)
     if speed is not None:
         previous = json.loads((run_dir / "estimates.json").read_text()) if (run_dir / "estimates.json").is_file() else {}

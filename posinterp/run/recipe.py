@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from posinterp.atomic import check_kind
 from posinterp.cli import arg, from_mapping
 from posinterp.errors import PosinterpError
 from posinterp.evals.passkey import PasskeyConfig
@@ -280,7 +281,7 @@ def build(data: dict, where: str = "recipe") -> Recipe:
     for key in ("name", "model", "out"):
         if not data.get(key):
             raise PosinterpError(f"{where} needs '{key}'")
-    model, out = str(data["model"]), Path(str(data["out"]))
+    model, out = str(data["model"]), check_kind(str(data["out"]), f"{where}: out", "folder")
     launch = data.get("launch") or {}
     if not isinstance(launch, dict):
         raise PosinterpError(f"'launch' must be a mapping of keys, got {launch!r}")
@@ -366,9 +367,22 @@ def override_help(width: int = 104) -> str:
     return "\n".join(lines)
 
 
+def check_data(recipe: Recipe, trains: bool) -> None:
+    """The recipe's data (train.data when a row trains, eval.ppl.data) is readable: refused naming the key, before
+    the run folder is written."""
+    from posinterp.data import corpus
+
+    parts = [(recipe.eval.ppl, "eval.ppl.")] + ([(recipe.train, "train.")] if trains and recipe.train.task == "lm" else [])
+    for cfg, where in parts:
+        try:
+            corpus.check(cfg.data, split=cfg.split, text_field=cfg.text_field)
+        except PosinterpError as err:
+            raise PosinterpError(_recipe_flags(str(err), type(cfg), where)) from None
+
+
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
     """Read, override and check a recipe; returns (Recipe, the resolved mapping to save)."""
-    path = Path(path)
+    path = check_kind(path, "recipe", "file")
     if not path.is_file():
         raise PosinterpError(f"recipe {path} does not exist; see recipes/*.yaml")
     try:

@@ -142,7 +142,9 @@ class BoundConfig:
             raise PosinterpError(f"--span {self.span} is above 50000000 distances; give a smaller --span")
         self.span = int(self.span)
         if self.out is not None:
-            self.out = Path(self.out)
+            from posinterp.atomic import check_kind
+
+            self.out = check_kind(self.out, "--out", "file")
 
 
 def bound(cfg: BoundConfig | None = None, **kwargs) -> dict:

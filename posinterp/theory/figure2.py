@@ -51,6 +51,10 @@ class Figure2Config:
             self.out = Path(self.out)
             if self.out.suffix.lower() != ".png":
                 raise PosinterpError(f"--out {self.out} must end in .png (the JSON goes beside it)")
+            from posinterp.atomic import check_kind
+
+            check_kind(self.out, "--out", "file")
+            check_kind(self.out.with_suffix(".json"), "--out", "file")
 
 
 def design(s: np.ndarray, theta: np.ndarray) -> np.ndarray:

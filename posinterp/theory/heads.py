@@ -97,13 +97,13 @@ class HeadsConfig(common.EvalConfig):
 
 def reference_file(path: Path | str, flag: str) -> Path:
     """The heads.json of an earlier measurement (a folder means its heads.json); refused in one line if absent."""
+    from posinterp.atomic import check_kind
+
     path = Path(path)
-    if path.is_dir():
-        path = path / HEADS_JSON
-    if not path.is_file():
-        raise PosinterpError(f"{flag} {path} is not a file; give the {HEADS_JSON} of an earlier "
+    if path.is_dir() and not (path / HEADS_JSON).is_file():
+        raise PosinterpError(f"{flag} {path} is a folder without {HEADS_JSON}; give the {HEADS_JSON} of an earlier "
                              "`posinterp theory heads --out` run")
-    return path
+    return check_kind(path / HEADS_JSON if path.is_dir() else path, flag, "file", must_exist=True)
 
 
 def heads(cfg: HeadsConfig | str | None = None, **kwargs) -> dict:

@@ -261,7 +261,7 @@ def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
     import torch
 
     from posinterp.atomic import atomic_dir, check_out, write_json
-    from posinterp.data.corpus import describe
+    from posinterp.data.corpus import check, describe
     from posinterp.model import loader, refs
     from posinterp.versions import versions
 
@@ -269,6 +269,7 @@ def measure(cfg: MeasureConfig | str | None = None, **kwargs) -> dict:
     started = time.perf_counter()
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
+    check(cfg.data, split=cfg.split)  # unreadable text is refused before the weights load
     prep = loader.prepare(cfg.model, original_length=cfg.original_length)
     ref, config, L = refs.dense(prep.ref), prep.config, prep.original_length
     length, n_tokens = _sizes(cfg, L)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.cli import as_config
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, Terminated
 from posinterp.train.config import TrainConfig
 from posinterp.train.metrics import _peak_memory_gb
 from posinterp.train.model_setup import hf_model
@@ -47,6 +47,7 @@ class _Interrupt:
 
     def __init__(self) -> None:
         self.hit = False
+        self.signum: int | None = None
         self.previous: dict = {}
 
     def __enter__(self) -> _Interrupt:
@@ -58,10 +59,14 @@ class _Interrupt:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.hit:
-            raise KeyboardInterrupt
-        self.hit = True
+        again, self.hit, self.signum = self.hit, True, signum
+        if again:
+            self.stop()
         log.warning("\ninterrupt: saving a checkpoint at the end of this step (interrupt again to abort)")
+
+    def stop(self) -> None:
+        """Unwind as the signal asks: SIGTERM exits 143, Ctrl-C 130 (`posinterp.__main__`)."""
+        raise Terminated if self.signum == signal.SIGTERM else KeyboardInterrupt
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
@@ -223,7 +228,7 @@ def train(cfg: TrainConfig | str | None = None, **kwargs: Any) -> Path:
                 if stop:
                     log.warning("interrupted after step %d; checkpoint saved in %s; continue with --resume",
                                 step, cfg.checkpoint_dir)
-                    raise KeyboardInterrupt
+                    interrupt.stop()
     finally:
         bar.close()
         s.metrics.close()

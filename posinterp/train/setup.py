@@ -91,13 +91,14 @@ def _check_resume(saved: dict, settings: dict, folder: Path) -> None:
 
 def plan(cfg: TrainConfig) -> Plan:
     """Everything that can be refused, refused before any weights load: model, window, checkpoints, data."""
-    from posinterp.atomic import check_out
+    from posinterp.atomic import check_kind, check_out
     from posinterp.data import sft, summaries
     from posinterp.data.corpus import describe
     from posinterp.model import loader, refs
     from posinterp.train import checkpoint
 
     check_out(cfg.out, cfg.force)
+    check_kind(cfg.checkpoint_dir, "--checkpoint-dir", "folder")
     prep = loader.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
     source, config, model_window = prep.ref, prep.config, prep.window
     seq_len = int(cfg.seq_len or model_window)

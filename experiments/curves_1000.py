@@ -34,12 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-from runner import flags, posinterp, sh  # experiments/runner.py, beside this script
+from runner import flags, machine, posinterp, sh  # experiments/runner.py, beside this script
 
 MODEL = "smollm2-135m"
 ROWS = {"pi_ft": ("pi:2", 1e-4), "yarn_ft": ("yarn:2", 1e-4), "nopi_ft": (None, 1e-4),
@@ -94,15 +92,6 @@ def run(runs: Path) -> None:
 
 
 # -- summary ---------------------------------------------------------------------------------------------------
-def machine() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    found = {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")),
-                 platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(),
-            "flags": sorted(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in found)}
-
-
 def curve(runs: Path, row: str) -> dict | None:
     metrics = runs / row / "checkpoints" / "metrics.jsonl"
     if not metrics.is_file():

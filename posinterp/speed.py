@@ -12,7 +12,6 @@ from typing import Any
 
 GIB = 1024**3
 
-
 ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 110
 """Activations kept for backward without checkpointing, bytes per token × layer × hidden unit. Measured on
 SmolLM2 (bf16 autocast, SDPA, CPU): 9.8 GB peak against 5.7 GB with checkpointing at 4096 tokens. The
@@ -120,8 +119,6 @@ class Speed:
 
 ATTENTION_LENGTHS = (1024, 2048, 4096, 8192, 16384)
 """Lengths at which the probe times one layer's attention kernel (beyond the longest: priced as T²)."""
-
-
 HEAD_ROWS = 2048
 """Scored rows the probe's head timing uses: a window's stride in the shipped recipes (1536–6144)."""
 

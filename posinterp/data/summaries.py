@@ -18,47 +18,24 @@ from pathlib import Path
 from posinterp.errors import PosinterpError
 
 PROMPT_HEAD = "Read the following article and then summarize it.\n\n"
-
-
 PROMPT_TAIL = "\n\nNow summarize the above article.\nSummary:"
-
-
 PROMPT = PROMPT_HEAD + "{document}" + PROMPT_TAIL
 """The paper's summarization prompt (arXiv 2306.15595, GovReport); `{document}` is the input."""
-
-
 SUMMARY_LEAD = " "
 """The summary follows "Summary:" after one space, as a writer would continue the line."""
-
-
 SPLITS = ("train", "validation", "test", "all")
-
-
 SPLIT_FILE_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
-
 BUILTIN_NAME = "pydoc-summaries"
-
-
 PYDOC_MIN_BODY_CHARS = 3000
 """A topic is kept when its body (the topic without its lead) has at least this many characters."""
-
-
 PYDOC_MIN_SUMMARY_WORDS = 12
 """…and its lead has at least this many words."""
-
-
 PYDOC_LEAD_PARAGRAPHS = 3
 """At most this many opening prose paragraphs form the reference summary."""
-
-
 PYDOC_TEST_EVERY = 4
 """A topic is in the test split when crc32(topic name) % PYDOC_TEST_EVERY == 0 (stable across versions)."""
-
-
 _NOTE = re.compile(r"^(New in version|Added in version|Changed in version|Deprecated|\*\*Source code:\*\*)")
-
-
 _UNDERLINE = re.compile(r"^([=*\-~^\"'`#+])\1{2,}\s*$")
 
 

@@ -24,12 +24,8 @@ from pathlib import Path
 from typing import Any
 
 EOS = "<eos>"
-
-
 VOCAB = 256
 """BPE vocabulary cap; the template saturates it at 174 entries (its characters and every whole word)."""
-
-
 INIT_STD = 0.1
 """Weight init std. With LLaMA's 0.02 the copying circuit of a 2-layer, hidden-64 model formed only
 after a plateau of about 700 steps (batch 16 × 128 tokens, lr 2e-3); with 0.1, within about 150 for

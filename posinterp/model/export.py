@@ -31,8 +31,6 @@ from posinterp.model.rope import window, write_legacy_keys
 from posinterp.versions import versions
 
 PROVENANCE = "posinterp.json"
-
-
 PORTABLE_TOKENIZER_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 """transformers 5-only generic tokenizer class → the name that 4.x (≥ 4.40) and 5.x both load."""
 

@@ -46,31 +46,17 @@ from posinterp.errors import PosinterpError
 
 log = logging.getLogger(__name__)
 
-
 LLAMA_CPP_VERSION = "0.3.36"
-
-
 LLAMA_CPP_SDIST = f"llama-cpp-python=={LLAMA_CPP_VERSION}"
-
-
 SCRIPT = "convert_hf_to_gguf.py"
-
-
 VENDOR = "vendor/llama.cpp/"
-
-
 KEEP = (SCRIPT, "LICENSE", "conversion/", "gguf-py/gguf/", "gguf-py/LICENSE", "models/templates/")
 """What the converter needs from the sdist's vendor/llama.cpp (files, or folders ending in /)."""
 
-
 OUTTYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "bf16": "MOSTLY_BF16", "f32": "ALL_F32"}
 """--outtype → the gguf.LlamaFileType the file must declare."""
-
-
 ROPE_TYPES = ("default", "linear", "yarn")
 """Rope types whose GGUF keys are checked; `default` covers none and static NTK."""
-
-
 UNEXPRESSIBLE = {
     "dynamic": "dynamic NTK recomputes the RoPE base from the running length, which llama.cpp cannot express "
                "(its converter drops it and the GGUF would run plain RoPE at the original window); "

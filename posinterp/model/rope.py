@@ -27,10 +27,7 @@ from posinterp.errors import PosinterpError
 METHODS: dict[str, str] = {"none": "default", "pi": "linear", "ntk": "default", "dynamic": "dynamic", "yarn": "yarn"}
 """posinterp method → transformers rope_type."""
 
-
 COMPOSABLE = {"linear"}
-
-
 REFUSED = {
     "yarn": "YaRN already remaps frequencies per band; stacking another scaling on it is undefined",
     "llama3": "llama3 scaling already stretches low frequencies; PI on top would double-scale them",

@@ -21,8 +21,6 @@ from posinterp.train.loss import DEFAULT_CHUNK
 
 PEAK_TFLOPS = 989.0
 """Default peak per device for a plan on hardware that is not here: an H100/H200's dense bf16 TFLOP/s."""
-
-
 MFU = 0.4
 """Default model-FLOPs utilisation assumed for such a plan."""
 

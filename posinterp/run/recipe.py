@@ -33,23 +33,18 @@ from posinterp.train.config import TrainConfig
 METHOD_TITLES = {"pi": "PI", "yarn": "YaRN", "ntk": "NTK-aware", "dynamic": "dynamic NTK", "none": "no PI"}
 """Rope methods a row can use, as the report names them (`none`: RoPE unchanged)."""
 
-
 FINE_TUNED = {"pi_ft": "pi", "yarn_ft": "yarn", "ntk_ft": "ntk", "dynamic_ft": "dynamic", "nopi_ft": "none"}
 """Equal-budget rows: `<method>_ft` → the rope method fine-tuned with the recipe's `train` settings."""
-
 
 ROWS = ("original", "extrapolation", "pi", "pi_ft", "yarn", "yarn_ft", "ntk", "ntk_ft", "dynamic", "dynamic_ft",
         "nopi_ft")
 """Rows of the before/after table; a recipe's `eval.rows` picks some, in its own order."""
 
-
 DEFAULT_ROWS = ("original", "extrapolation", "pi", "pi_ft", "nopi_ft", "yarn")
 """Rows of a recipe that gives no `eval.rows`."""
 
-
 DEFAULT_WINDOWS = (2048, 8192, 16384)
 """Perplexity windows (and passkey lengths) of a recipe that gives no `eval.windows`."""
-
 
 ROW_TITLES = {
     "original": "original model (window L)",
@@ -123,8 +118,6 @@ class Recipe:
 
 
 TOP_KEYS = [f.name for f in dataclasses.fields(Recipe) if f.name != "given"]
-
-
 EVAL_KEYS = [f.name for f in dataclasses.fields(EvalSection)]
 
 
@@ -183,8 +176,6 @@ def _recipe_flags(message: str, cls: type, where: str) -> str:
 
 
 _KINDS = {int: (int,), float: (int, float), bool: (bool,)}
-
-
 _BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
 
 

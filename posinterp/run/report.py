@@ -17,20 +17,10 @@ from posinterp.evals.passkey import SUCCESS_RATE
 from posinterp.run.recipe import FINE_TUNED, METHOD_TITLES, ROW_TITLES, Recipe, fine_tune_dir, zero_shot_row
 
 PPL_FIGURE = "perplexity.png"
-
-
 LOSS_FIGURE = "train_loss.png"
-
-
 PASSKEY_FIGURE = "passkey_accuracy.png"
-
-
 CURVES_FIGURE = "training_curves.png"
-
-
 CURVES_CSV = "training_curves.csv"
-
-
 CONTROL = "nopi_ft"
 """The equal-budget control every other fine-tuned row is compared with (the paper's direct fine-tuning)."""
 

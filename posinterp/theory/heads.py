@@ -52,19 +52,13 @@ log = logging.getLogger(__name__)
 
 
 HEADS_JSON = "heads.json"
-
-
 HEADS_PNG = "heads.png"
 
 
 TRIALS = 3
 """Passkey probes per measurement (`--trials`, and train --eval-every's heads figures)."""
-
-
 MAX_OFFSET = 8
 """Offsets 0..K measured per head (`--max-offset`)."""
-
-
 TOP = 10
 """Copy heads summarized (`--top`)."""
 

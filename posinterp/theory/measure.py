@@ -33,7 +33,6 @@ from posinterp.model.rope import RopeSpec, check_factor, configure, rope_paramet
 
 log = logging.getLogger(__name__)
 
-
 EXCEED_TOL = 1e-3
 """A head 'exceeds' its in-window range when a logit leaves [min, max] by more than this share of max − min
 (float32 rounding alone moves PI's even distances, which coincide with in-window ones, by ~1e-6)."""

@@ -37,19 +37,10 @@ from posinterp.errors import PosinterpError
 
 log = logging.getLogger(__name__)
 
-
 MARKER = "COMPLETE"
-
-
 STATE = "state.json"
-
-
 SETTINGS = "settings.json"
-
-
 TRAINABLE = "trainable.safetensors"
-
-
 _NAME = re.compile(r"^step-(\d{8})$")
 
 

@@ -28,11 +28,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-
 HEADS_LENGTH = 1024
 """Default heads probe length: min(--seq-len, this); the heads in question are local."""
-
-
 HEADS_SETS = "heads_sets.json"
 
 

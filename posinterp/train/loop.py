@@ -250,6 +250,7 @@ def _summary(cfg: TrainConfig, s: dict, start: int, resumed_from: str | None, to
             "wall_s_this_run": round(wall, 1), "checkpoint_dir": str(cfg.checkpoint_dir)}
 
 
+
 class _nullcontext:
     def __enter__(self) -> None:
         return None

@@ -57,7 +57,6 @@ def test_model_verbs_share_the_model_flags():
     import dataclasses
 
     from posinterp.evals.original import OriginalConfig
-
     from posinterp.evals.passkey import PasskeyConfig
     from posinterp.evals.perplexity import PerplexityConfig
     from posinterp.evals.summarize import SummarizeConfig

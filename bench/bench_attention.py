@@ -7,13 +7,15 @@ For one layer of SmolLM2-135M's attention (9 query heads, 3 key/value heads, hea
 at each length, forward and forward + backward:
 
 - `sdpa`: `F.scaled_dot_product_attention` (today's path: the CPU flash kernel), in bf16 and in fp32;
-- `flex`: `torch.compile`d `flex_attention` with a causal block mask (inductor's CPU template), bf16;
-- `sdpa-compiled`: the SDPA call inside a `torch.compile`d function (lets inductor fuse around it).
+- `flex`: `torch.compile`d `flex_attention` with a causal block mask (inductor's CPU template), bf16, up to
+  `--flex-max` (forward only: torch 2.13 has no flex backward on CPU);
+- `sdpa-compiled`: the SDPA call inside a `torch.compile`d function (lets inductor fuse around it);
+- `math`: SDPA forced to its math backend (bf16 matmuls, the T×T scores materialised), up to `--math-max`.
 
 Each candidate's output is checked against fp32 SDPA (max relative error of the output rows), and its
 time is turned into a fraction of the roofline measured in the same process (`machine.matmul_tflops`,
-bf16 and fp32 4096³ matmuls): causal attention is 2·2·T²·d·H / 2 FLOPs forward, 2.5× that forward +
-backward. Compilation time is reported apart (the first call), the steady-state time is the best of
+bf16 and fp32 4096³ matmuls): causal attention is 2·2·T²·d·H / 2 FLOPs forward, and forward + backward
+3.5× that (the backward ≈ 2.5× the forward). Compilation time is reported apart (the first call), the steady-state time is the best of
 `--repeats`. A candidate that fails to compile or run is recorded with its error, not dropped.
 """
 
@@ -46,6 +48,13 @@ def inputs(t: int, dtype: torch.dtype, grad: bool) -> tuple:
 
 def sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+def math_sdpa(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        return sdpa(q, k, v)
 
 
 def make_flex(t: int):
@@ -98,6 +107,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="2048,8192,16384")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--math-max", type=int, default=8192, help="the math backend only up to this length (memory)")
+    ap.add_argument("--flex-max", type=int, default=8192,
+                    help="flex only up to this length (at 16384 it was killed for memory here: 21 GB resident)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     from posinterp.machine import cpu_key, matmul_tflops, set_threads
@@ -115,6 +127,10 @@ def main() -> None:
             rows.append(run_one("sdpa", sdpa, t, torch.bfloat16, backward, ref, a.repeats, peak["bf16"]))
             rows.append(run_one("sdpa-compiled", torch.compile(sdpa), t, torch.bfloat16, backward, ref, a.repeats,
                                 peak["bf16"]))
+            if t <= a.math_max:
+                rows.append(run_one("math", math_sdpa, t, torch.bfloat16, backward, ref, a.repeats, peak["bf16"]))
+            if t > a.flex_max:
+                continue
             try:
                 flex = make_flex(t)
             except Exception as exc:  # noqa: BLE001

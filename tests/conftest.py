@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-# the suite never writes the user's probe cache: a busy test run would cache a wrong precision verdict
-os.environ.setdefault("POSINTERP_PROBE_CACHE", str(Path(tempfile.mkdtemp(prefix="posinterp-probe-")) / "probe.json"))
+# the suite never writes the user's probe cache: a busy test run would cache a wrong precision verdict;
+# the temporary folder goes when the session ends
+if not os.environ.get("POSINTERP_PROBE_CACHE"):
+    _probe_dir = tempfile.mkdtemp(prefix="posinterp-probe-")
+    atexit.register(shutil.rmtree, _probe_dir, ignore_errors=True)
+    os.environ["POSINTERP_PROBE_CACHE"] = str(Path(_probe_dir) / "probe.json")
 
 
 @pytest.fixture(scope="session")

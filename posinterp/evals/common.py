@@ -228,6 +228,8 @@ def header(kind: str, cfg: EvalConfig, prep: Prepared, model: Any = None) -> dic
         "original_length": prep.original_length,
         "allow_beyond_window": bool(cfg.allow_beyond_window),
         "precision": getattr(cfg, "precision", None),
+        # the attention kernel: SDPA was the fastest correct candidate on the CPU cells of bench/bench_forward.py
+        "attention": getattr(model.config, "_attn_implementation", None) if model is not None else None,
         "config": to_dict(cfg),
         "versions": versions(),
     }

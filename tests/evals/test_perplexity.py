@@ -153,6 +153,7 @@ def test_cli_results_name_the_corpus_count_short_documents_and_are_atomic(tiny_d
     nll = sum(d["nll_sum"] for d in w512["documents"])
     assert w512["perplexity"] == pytest.approx(math.exp(nll / w512["tokens_scored"]))
     assert w128["stride"] == w512["stride"] == 64 and "transformers" in result["versions"]
+    assert result["attention"] == "sdpa"  # the kernel chosen by measurement is recorded
     assert (out / "perplexity.png").stat().st_size > 0 and "shorter than the window" in (out / "results.md").read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     capsys.readouterr()

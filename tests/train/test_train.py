@@ -247,34 +247,43 @@ def test_non_finite_gradient_stops_naming_the_step(tiny_dir, tmp_path, monkeypat
 
 
 # -- subprocesses: kill, Ctrl-C, two processes -------------------------------------------------------
+def _start(argv, where="none", step=0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", DRIVER, where, str(step), *argv], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_gives_bit_equal_weights(tiny_dir, tmp_path):
+    # the reference and the three killed runs are independent (one thread each): they run side by side,
+    # then the three resumes do
     model = tiny_dir()
     flags = dict(steps=8, save_every=2, keep=3, lr=1e-3, warmup=2)
-    ref = _run(_args(model, tmp_path / "ref", **flags))
-    assert ref.returncode == 0, ref.stderr[-2000:]
     cases = [("before_rename", 4), ("before_marker", 4), ("anytime", 0)]
-    for where, step in cases:
-        out = tmp_path / f"run-{where}"
-        if where == "anytime":  # SIGKILL at an arbitrary moment: once step 5 is logged, mid-step 6
-            proc = subprocess.Popen([sys.executable, "-m", "posinterp", *_args(model, out, **flags)], env=_env(),
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            metrics = Path(f"{out}-checkpoints") / "metrics.jsonl"
-            deadline = time.time() + 240
-            while time.time() < deadline and proc.poll() is None:
-                if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
-                    break
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGKILL)
-            assert proc.wait() == -signal.SIGKILL
-        else:
-            killed = _run(_args(model, out, **flags), where=where, step=step)
-            assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-            assert not out.exists()
-        resumed = _run(_args(model, out, resume=True, **flags))
-        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ref = _start(_args(model, tmp_path / "ref", **flags))
+    killed = {where: _start(_args(model, tmp_path / f"run-{where}", **flags), where=where, step=step)
+              for where, step in cases}
+    # SIGKILL at an arbitrary moment: once step 5 is logged, mid-step 6
+    metrics = Path(f"{tmp_path / 'run-anytime'}-checkpoints") / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and killed["anytime"].poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    killed["anytime"].send_signal(signal.SIGKILL)
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err[-2000:]
+    for where, proc in killed.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == -signal.SIGKILL, err[-2000:]
+        if where != "anytime":
+            assert not (tmp_path / f"run-{where}").exists()
+    resumed = {where: _start(_args(model, tmp_path / f"run-{where}", resume=True, **flags)) for where, _ in cases}
+    for where, proc in resumed.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
         if where == "before_marker":
-            assert "skipping incomplete checkpoint" in resumed.stderr
+            assert "skipping incomplete checkpoint" in err
+        out = tmp_path / f"run-{where}"
         _bit_equal(tmp_path / "ref", out)
         assert _losses(Path(f"{out}-checkpoints")) == _losses(tmp_path / "ref-checkpoints")
 

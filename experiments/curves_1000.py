@@ -43,6 +43,7 @@ MODEL = "smollm2-135m"
 ROWS = {"pi_ft": ("pi:2", 1e-4), "yarn_ft": ("yarn:2", 1e-4), "nopi_ft": (None, 1e-4),
         "pi_lr3e-5": ("pi:2", 3e-5), "pi_lr3e-4": ("pi:2", 3e-4), "pi_lr1e-3": ("pi:2", 1e-3)}
 """Row → (--rope, --lr)."""
+SWEEP_STEPS = 200
 QUEUE = [("pi_ft", 300), ("yarn_ft", 300), ("pi_ft", 1000), ("nopi_ft", 300), ("pi_lr3e-5", 200),
          ("pi_lr3e-4", 200), ("pi_lr1e-3", 200)]
 """(row, step) segments in the order they run."""
@@ -116,7 +117,8 @@ def curve(runs: Path, row: str) -> dict | None:
             "mean_step_s": sum(r["step_s"] for r in train_rows) / len(train_rows) if train_rows else None}
 
 
-def plot(curves: list[dict], path: Path, reference: dict | None = None) -> None:
+def plot(curves: list[dict], path: Path, reference: dict | None = None,
+         suptitle: str = "SmolLM2-135M fine-tuned on mix at 1024 tokens per step (2 CPU cores)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +147,7 @@ def plot(curves: list[dict], path: Path, reference: dict | None = None) -> None:
             ax.axhline(reference[key], color="0.4", ls=":", lw=1, label="original model, 0 steps")
     axes[0][0].legend(fontsize=7)
     axes[0][1].legend(fontsize=7)
-    fig.suptitle("SmolLM2-135M fine-tuned on mix at 1024 tokens per step (2 CPU cores)", fontsize=10)
+    fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
@@ -186,6 +188,12 @@ def summarize(runs: Path, out: Path) -> None:
     tmp.replace(out / "summary.json")
     if curves:
         plot(curves, out / "curves.png", summary["reference_heads"])
+        # the learning-rate sweep on its own scale: the PI rows to 200 steps
+        sweep = [{**c, "points": [p for p in c["points"] if p["step"] <= SWEEP_STEPS]} for c in curves
+                 if c["rope"] == "pi:2"]
+        if len(sweep) > 1:
+            plot(sweep, out / "lr-sweep.png", summary["reference_heads"],
+                 suptitle=f"SmolLM2-135M, PI ×2: the learning-rate sweep to {SWEEP_STEPS} steps (1024 tokens per step)")
     (out / "table.md").write_text(table(curves) + "\n")
     print(table(curves))
 

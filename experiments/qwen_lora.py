@@ -6,8 +6,8 @@ docs/results/qwen-mechanism), and do its heads move back?
     .venv/bin/posinterp fetch qwen2.5-coder-1.5b     # once (already in the cache here)
     # 1. the memory estimate (config only, seconds): full fine-tuning vs LoRA in 16 GiB
     .venv/bin/python experiments/qwen_lora.py estimate
-    # 2. the run, in the background from a frozen copy of the code (hours: ≈ 1–1.5 min a step on 2 cores,
-    #    SmolLM2-135M's measured 7 s a step scaled by parameters; 200 steps ≈ 4–5 h, plus five evaluations).
+    # 2. the run, in the background from a frozen copy of the code (measured 2026-12-05: 20.7 s a step on 2
+    #    cores in bf16, peak 14.6 GB; 200 steps ≈ 70 min plus five evaluations of ≈ 3 min).
     #    It first measures the original model's heads (`theory heads` at 1024 tokens, $R/reference-none),
     #    then trains with `train --resume`: a killed run (a session's end) is started again the same way and
     #    continues from its last checkpoint (every 25 steps). Start it after the curves1000 queue: both on 2

@@ -112,6 +112,7 @@ def main() -> None:
                     help="flex only up to this length (at 16384 it was killed for memory here: 21 GB resident)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
+    from posinterp.atomic import write_json
     from posinterp.machine import cpu_key, matmul_tflops, set_threads
 
     set_threads()
@@ -141,10 +142,7 @@ def main() -> None:
               "platform": platform.platform(), "torch": torch.__version__, "roofline_tflops": peak,
               "shape": {"heads": HEADS, "kv_heads": KV, "head_dim": DIM}, "rows": rows}
     if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(a.out)
+        write_json(a.out, result)  # atomic: a temporary sibling, then a rename
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
+    from posinterp.atomic import write_json
     from posinterp.data.corpus import load_documents
     from posinterp.machine import cpu_key, matmul_tflops, set_threads
     from posinterp.model import refs
@@ -186,10 +187,7 @@ def main() -> None:
                   "platform": platform.platform(), "torch": torch.__version__,
                   "transformers": transformers.__version__, "roofline_bf16_tflops": peak,
                   "data": f"{a.data}:{a.split}", "rows": rows}
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(a.out)
+        write_json(a.out, result)  # atomic: a temporary sibling, then a rename
 
 
 if __name__ == "__main__":

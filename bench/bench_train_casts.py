@@ -87,9 +87,10 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
+    from posinterp.atomic import write_json
     from posinterp.data.packing import PackedSequences
     from posinterp.machine import cpu_key, matmul_tflops, set_threads
-    from posinterp.model import loader
+    from posinterp.model import loader, refs
     from posinterp.model.rope import parse_rope
     from posinterp.train.config import TrainConfig
 
@@ -98,7 +99,7 @@ def main() -> None:
     if set(names) - set(PHASES):
         raise SystemExit(f"unknown phases {sorted(set(names) - set(PHASES))}; choose from {', '.join(PHASES)}")
     d = TrainConfig(MODEL, out=Path("unused"))
-    _, tok, _ = loader.load(MODEL, rope=parse_rope(ROPE), dtype=torch.bfloat16)
+    tok = refs.load_tokenizer(refs.dense(refs.resolve(MODEL)))  # as loader.load reads it; each phase loads its own model
     seqs = PackedSequences.from_corpus(d.data, tok, a.length, split=d.split, seed=d.seed).take(a.steps)
     peak = matmul_tflops(torch.bfloat16, n=4096, seconds=1.0)
     flops = model_flops_per_token(a.length)
@@ -124,10 +125,7 @@ def main() -> None:
         result = {"command": "bench/bench_train_casts.py " + " ".join(sys.argv[1:]), "cpu": cpu_key(),
                   "platform": platform.platform(), "torch": torch.__version__, "length": a.length,
                   "roofline_bf16_tflops": peak, "flops_per_token": flops, "rows": rows}
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(a.out)
+        write_json(a.out, result)  # atomic: a temporary sibling, then a rename
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from posinterp.errors import cause
+
 HEADS, KV, DIM = 9, 3, 64
 
 
@@ -98,7 +100,7 @@ def run_one(name: str, attn, t: int, dtype: torch.dtype, backward: bool, ref: to
         row.update(first_call_s=round(first, 4), seconds=round(best, 4), tflops=round(tf, 4),
                    roofline_fraction=round(tf / peak, 3), max_rel_error=err)
     except Exception as exc:  # a candidate that cannot run here is a result too
-        row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
+        row.update(error=cause(exc, "")[:300])
     print(json.dumps(row), flush=True)
     return row
 

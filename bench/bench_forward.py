@@ -39,6 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eval import forward_flops  # noqa: E402
 
+from posinterp.errors import cause  # noqa: E402
+
 CANDIDATES = ("reference", "plain", "fast", "fast-bf16head", "math", "flex", "compiled", "compiled-frozen")
 WINDOWS = {2048: 8, 8192: 2, 16384: 1}
 
@@ -118,7 +120,7 @@ def measure(name: str, length: int, ids: list[int], n_windows: int, peak: float)
         row.update(seconds=round(seconds, 3), scored=n, perplexity=math.exp(nll / n), tflops=round(tf, 4),
                    roofline_fraction=round(tf / peak, 4))
     except Exception as exc:  # noqa: BLE001 - a candidate that cannot run here is a result too
-        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        row["error"] = cause(exc, "")[:300]
     finally:
         model = scorer = None
         gc.collect()

@@ -6,8 +6,9 @@ docs/results/qwen-mechanism), and do its heads move back?
     .venv/bin/posinterp fetch qwen2.5-coder-1.5b     # once (already in the cache here)
     # 1. the memory estimate (config only, seconds): full fine-tuning vs LoRA in 16 GiB
     .venv/bin/python experiments/qwen_lora.py estimate
-    # 2. the run, in the background from a frozen copy of the code (measured 2026-12-05: 20.7 s a step on 2
-    #    cores in bf16, peak 14.6 GB; 200 steps ≈ 70 min plus five evaluations of ≈ 3 min).
+    # 2. the run, in the background from a frozen copy of the code (measured 2026-12-05 over the whole run:
+    #    21.2 s a step on 2 cores in bf16, 202 s an evaluation, peak 14.6 GB; 200 steps ≈ 71 min plus 17 min of
+    #    evaluations). Results: docs/results/qwen-lora/README.md.
     #    It first measures the original model's heads (`theory heads` at 1024 tokens, $R/reference-none),
     #    then trains with `train --resume`: a killed run (a session's end) is started again the same way and
     #    continues from its last checkpoint (every 25 steps). Start it after the curves1000 queue: both on 2
@@ -276,17 +277,17 @@ def plot(c: dict, path: Path, reference: dict | None, lengths: list[str], title:
     for ax, (key, name) in zip(axes.ravel(), panels, strict=True):
         if key == "passkey":
             for n in lengths:
-                ax.plot([p["step"] for p in c["points"]], [p["passkey"].get(n) for p in c["points"]], marker="o",
+                ax.plot([p["tokens"] for p in c["points"]], [p["passkey"].get(n) for p in c["points"]], marker="o",
                         label=f"{n} tokens")
             ax.legend(fontsize=7)
         else:
-            pts = [(p["step"], p[key] if key == "ppl" else (p["heads"] or {}).get(key)) for p in c["points"]]
+            pts = [(p["tokens"], p[key] if key == "ppl" else (p["heads"] or {}).get(key)) for p in c["points"]]
             pts = [(x, y) for x, y in pts if y is not None]
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o")
             if reference and reference.get(key) is not None:
                 ax.axhline(reference[key], color="0.4", ls=":", lw=1, label="original model (no PI), 0 steps")
                 ax.legend(fontsize=7)
-        ax.set(title=name, xlabel=f"step ({per_step} tokens each)")
+        ax.set(title=name, xlabel=f"training tokens ({per_step} a step)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")

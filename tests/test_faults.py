@@ -166,11 +166,7 @@ def test_a_damaged_dense_copy_of_a_gguf_is_made_again(good, tmp_path, monkeypatc
     monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path))
     ref = refs.ModelRef("x", tmp_path, "model.gguf")
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    import hashlib
-
-    stat = (tmp_path / "model.gguf").stat()
-    key = hashlib.sha256(f"{(tmp_path / 'model.gguf').resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    cached = tmp_path / "dense" / f"model-{key.hexdigest()[:12]}"
+    cached = refs.dense_folder(tmp_path / "model.gguf")
     shutil.copytree(good / "tiny", cached)
     assert refs.dense(ref).folder == cached  # sound: used as is
     weights = cached / "model.safetensors"

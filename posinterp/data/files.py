@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, cause
 
 SPLITS = ("train", "test", "all")
 
@@ -149,8 +149,7 @@ def saved_dataset(path: Path, split: str, text_field: str) -> Iterator[Document]
     try:
         ds = load_from_disk(str(path))
     except Exception as err:  # datasets and pyarrow raise many types for a damaged folder
-        raise PosinterpError(f"{path}: not a readable datasets folder ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''}); re-save it with save_to_disk") from None
+        raise PosinterpError(f"{path}: not a readable datasets folder ({cause(err, '')}); re-save it with save_to_disk") from None
     if isinstance(ds, DatasetDict):
         names = list(ds)
         if split != "all" and split not in ds:

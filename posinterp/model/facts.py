@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, cause
 from posinterp.model.refs import ModelRef
 from posinterp.model.rope import rope_parameters, window
 
@@ -39,8 +39,7 @@ def load_config(ref: ModelRef) -> Any:
         damaged = ref.gguf_file is not None or isinstance(err, OSError | EOFError | UnicodeDecodeError)
         hint = ("the file is damaged or incomplete: fetch the model again" if damaged else
                 f"transformers {transformers.__version__} cannot read it (an unknown model_type needs a newer one)")
-        raise PosinterpError(f"cannot read the config of '{ref.source}' from {where} ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else '-'}); {hint}") from None
+        raise PosinterpError(f"cannot read the config of '{ref.source}' from {where} ({cause(err)}); {hint}") from None
     if hasattr(config, "quantization_config") and ref.gguf_file:
         del config.quantization_config
     return config

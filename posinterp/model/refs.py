@@ -167,10 +167,11 @@ def dense_folder(gguf: Path) -> Path:
     size = gguf.stat().st_size
     h = hashlib.sha256(f"{gguf.name}|{size}".encode())
     mib = 1 << 20
+    middle = [(size * i // (DENSE_SAMPLES + 1), 64 << 10) for i in range(1, DENSE_SAMPLES + 1)]
     with open(gguf, "rb") as fh:
-        for offset in [0, *(size * i // (DENSE_SAMPLES + 1) for i in range(1, DENSE_SAMPLES + 1)), size - mib]:
-            fh.seek(max(0, offset))
-            h.update(fh.read(mib if offset in (0, size - mib) else 64 << 10))
+        for offset, length in [(0, mib), *middle, (max(0, size - mib), mib)]:  # (where, how many bytes)
+            fh.seek(offset)
+            h.update(fh.read(length))
     return cache_dir() / "dense" / f"{gguf.stem}-{h.hexdigest()[:12]}"
 
 

@@ -58,9 +58,19 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+def _driver(argv, where: str, step: int) -> list[str]:
+    """`posinterp argv` under DRIVER, which SIGKILLs itself at `where` of step `step` ("none": never)."""
+    return [sys.executable, "-c", DRIVER, where, str(step), *argv]
+
+
 def _run(argv, where="none", step=0, timeout=300) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", DRIVER, where, str(step), *argv]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_driver(argv, where, step), env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _start(argv, where="none", step=0) -> subprocess.Popen:
+    """`_run` without waiting: several runs side by side."""
+    return subprocess.Popen(_driver(argv, where, step), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def _weights(folder: Path) -> dict:
@@ -247,11 +257,6 @@ def test_non_finite_gradient_stops_naming_the_step(tiny_dir, tmp_path, monkeypat
 
 
 # -- subprocesses: kill, Ctrl-C, two processes -------------------------------------------------------
-def _start(argv, where="none", step=0) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", DRIVER, where, str(step), *argv], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.mark.slow
 def test_sigkill_anywhere_then_resume_gives_bit_equal_weights(tiny_dir, tmp_path):
     # the reference and the three killed runs are independent (one thread each): they run side by side,

@@ -93,7 +93,8 @@ def run(runs: Path) -> None:
 
 
 # -- summary ---------------------------------------------------------------------------------------------------
-def curve(runs: Path, row: str) -> dict | None:
+def curve(runs: Path, row: str, spec: tuple | None = None) -> dict | None:
+    """Row `row`'s evaluations along its run; `spec` is its (--rope, --lr), by default this script's ROWS."""
     metrics = runs / row / "checkpoints" / "metrics.jsonl"
     if not metrics.is_file():
         return None
@@ -103,7 +104,7 @@ def curve(runs: Path, row: str) -> dict | None:
     precision = None
     for seg in sorted(settings.glob("step-*/settings.json")):
         precision = json.loads(seg.read_text()).get("precision")
-    rope, lr = ROWS[row]
+    rope, lr = spec or ROWS[row]
     points = []
     for step in sorted(evals):
         r = evals[step]

@@ -343,6 +343,7 @@ def measure(model: Any, probes: Probes, max_offset: int, timer: Any = None, prog
 
 def figures(measured: Measured, sets: dict[str, list[list[int]]], max_offset: int) -> dict:
     """The few numbers a curve follows: the followed previous-token heads' mass at offsets 1 and 2 (text),
+    their mean mass at every offset 0..K and how many of them peak where (PI ×s moves the peak towards s),
     the copy heads' mass at +1 (the token to write) and +2 (the one after it) on the repeat probe
     (induction) and on passkey keys, the repeat loss and the teacher-forced key-digit accuracy."""
     summary = summarize(measured.arrays, sets, max_offset)
@@ -350,6 +351,7 @@ def figures(measured: Measured, sets: dict[str, list[list[int]]], max_offset: in
     digits = sum(t["digits"] for t in measured.trials)
     return {"previous_token_heads": prev["count"], "previous_token_mass_1": prev["mass_at_1"],
             "previous_token_mass_2": prev["mass_at_2"],
+            "previous_token_profile": prev["mean_profile"], "previous_token_peaks": prev["peak_offsets"],
             "induction_1": summary["repeat"]["top_induction"], "induction_2": summary["repeat"]["top_skip"],
             "copy_1": summary["passkey_copy"]["top_copy"], "copy_2": summary["passkey_copy"]["top_skip"],
             "repeat_loss": measured.repeat_loss,

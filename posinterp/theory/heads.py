@@ -57,8 +57,9 @@ HEADS_PNG = "heads.png"
 
 TRIALS = 3
 """Passkey probes per measurement (`--trials`, and train --eval-every's heads figures)."""
-MAX_OFFSET = 8
-"""Offsets 0..K measured per head (`--max-offset`)."""
+MAX_OFFSET = 16
+"""Offsets 0..K measured per head (`--max-offset`): PI ×s moves a head's offset-1 rotation to offset s, so
+16 follows the previous-token heads up to the paper's largest factor."""
 TOP = 10
 """Copy heads summarized (`--top`)."""
 

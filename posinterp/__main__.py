@@ -32,6 +32,7 @@ VERBS: dict[tuple[str, ...], tuple[str, str, str, str]] = {
     ("eval", "compare"): ("posinterp.evals.compare", "CompareConfig", "compare", "merge eval results into one table and plots"),
     ("eval", "original"): ("posinterp.evals.original", "OriginalConfig", "original", "extended vs source model at the original window"),
     ("eval", "summarize"): ("posinterp.evals.summarize", "SummarizeConfig", "summarize", "long-document summarization, ROUGE"),
+    ("eval", "ruler"): ("posinterp.evals.ruler", "RulerConfig", "ruler", "RULER's synthetic tasks and the effective length"),
     ("theory", "bound"): ("posinterp.theory.bound", "BoundConfig", "bound", "Theorem 2.1 interpolation vs extrapolation bounds"),
     ("theory", "figure2"): ("posinterp.theory.figure2", "Figure2Config", "figure2", "the paper's Figure 2"),
     ("theory", "measure"): ("posinterp.theory.measure", "MeasureConfig", "measure", "attention logits vs distance on a real model"),

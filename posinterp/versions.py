@@ -7,6 +7,8 @@ import sys
 from importlib import metadata
 
 PACKAGES = ("posinterp", "torch", "transformers", "accelerate", "datasets", "peft", "gguf", "tokenizers")
+RESULT_PACKAGES = ("posinterp", "torch", "transformers")
+"""The packages whose version changes a stage's numbers: `run` reruns a stage made under other versions of these."""
 
 
 def package_version(name: str) -> str:
@@ -20,3 +22,8 @@ def package_version(name: str) -> str:
 def versions() -> dict[str, str]:
     return {"python": sys.version.split()[0], "platform": platform.platform(),
             **{name: package_version(name) for name in PACKAGES}}
+
+
+def result_versions() -> dict[str, str]:
+    """The versions of `RESULT_PACKAGES`, as each stage of `run` records them (`run/stamps.py`)."""
+    return {name: package_version(name) for name in RESULT_PACKAGES}

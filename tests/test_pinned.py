@@ -34,6 +34,12 @@ WRITTEN = {
                                  "rope_type": "yarn"},
              "rope_scaling": {"factor": 2.0, "original_max_position_embeddings": 256, "rope_type": "yarn",
                               "type": "yarn"}, "rope_theta": 10000.0},
+    "llama3": {"max_position_embeddings": 512,
+               "rope_parameters": {"factor": 2.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                   "original_max_position_embeddings": 256, "rope_theta": 10000.0, "rope_type": "llama3"},
+               "rope_scaling": {"factor": 2.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                "original_max_position_embeddings": 256, "rope_type": "llama3", "type": "llama3"},
+               "rope_theta": 10000.0},
 }
 
 

@@ -5,7 +5,8 @@ and asserts three things: exactly one line `posinterp: error: ...` on stderr nam
 traceback), exit code 2, and nothing written (no file or folder added, changed or removed in the case's folder,
 the cache or the shared inputs; the named --out does not appear). The rows cover paths of the wrong kind
 (a file where a folder is wanted and the other way round, as flags and as recipe keys), a second run into a
-complete output, bad values, and the damaged downloads of tests/test_faults.py. At the end: SIGINT and
+complete output, bad values, a pickled checkpoint holding more than tensors, a corpus too short for one
+sequence, $POSINTERP_CACHE naming a file, and the damaged downloads of tests/test_faults.py. At the end: SIGINT and
 SIGTERM delivered mid-train and mid-eval to a subprocess leave one line, no traceback and no output.
 """
 
@@ -20,7 +21,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,8 @@ class Ctx:
 
     tmp: Path
     inputs: Path
+    env: dict[str, str | None] = field(default_factory=dict)
+    """environment variables the case sets (None: unset) once its inputs are built"""
 
     @property
     def model(self) -> str:
@@ -81,6 +84,29 @@ class Ctx:
 
     def inside_file(self) -> str:
         return self.file() + "/sub"
+
+    def cache_is_a_file(self) -> None:
+        """$POSINTERP_CACHE names a file (and no POSINTERP_GUTENBERG steers the corpus around the cache)."""
+        self.env.update(POSINTERP_CACHE=self.file("cache"), POSINTERP_GUTENBERG=None)
+
+    def pickled(self) -> str:
+        """The tiny model with only a pytorch_model.bin whose pickle holds more than tensors."""
+        import torch
+        from safetensors.torch import load_file
+
+        folder = shutil.copytree(self.inputs / "tiny", self.tmp / "pickled")
+        state = load_file(folder / "model.safetensors")
+        (folder / "model.safetensors").unlink()
+        torch.save({**state, "extra": NotATensor()}, folder / "pytorch_model.bin")
+        return str(folder)
+
+    def unknown_rope(self) -> str:
+        """The tiny model whose config.json names a rope type transformers does not know."""
+        folder = shutil.copytree(self.inputs / "tiny", self.tmp / "foo-rope")
+        config = json.loads((folder / "config.json").read_text())
+        config["rope_parameters"] = {**(config.get("rope_parameters") or {}), "rope_type": "foo"}
+        (folder / "config.json").write_text(json.dumps(config))
+        return str(folder)
 
     def recipe(self, **keys: object) -> str:
         """A tiny recipe with dotted keys changed (`train__lr="abc"`; None removes a key)."""
@@ -140,6 +166,11 @@ def heads(c: Ctx, *extra: str, model: str | None = None, out: str | None = None)
             "pydoc", *EVAL, "--out", out or c.out(), *extra]
 
 
+def ruler(c: Ctx, *extra: str, model: str | None = None, out: str | None = None) -> list[str]:
+    return ["eval", "ruler", model or c.model, "--tasks", "fwe", "--lengths", "256", "--samples", "1", *EVAL,
+            "--out", out or c.out(), *extra]
+
+
 def compare(c: Ctx, *runs: str, out: str | None = None) -> list[str]:
     return ["eval", "compare", *runs, "--out", out or c.out()]
 
@@ -152,6 +183,8 @@ Build = Callable[[Ctx], list[str]]
 CASES: list[tuple[str, str, Build, str]] = [
     # (verb, case, argv built in the case's folder, what the one line must say)
     ("extend", "--out is a file", lambda c: extend(c, out=c.file()), "is a file; give a folder"),
+    ("extend", "source rope type unknown to transformers", lambda c: extend(c, model=c.unknown_rope()),
+     "is 'foo', which transformers does not know (known: default"),
     ("extend", "--out inside a file", lambda c: extend(c, out=c.inside_file()), "which is a file"),
     ("extend", "--out is a complete output", lambda c: extend(c, out=c.complete), "exists and is not empty"),
     ("extend", "model is a file, not a .gguf", lambda c: extend(c, model=c.file("model.bin")),
@@ -161,6 +194,8 @@ CASES: list[tuple[str, str, Build, str]] = [
     ("extend", "no --factor", lambda c: ["extend", c.model, "--out", c.out()], "give --factor"),
     ("extend", "--factor 1", lambda c: extend(c, "--factor", "1"), "must be a finite number > 1"),
     ("extend", "--method none", lambda c: extend(c, "--method", "none"), "--method none"),
+    ("extend", "pytorch_model.bin holds more than tensors", lambda c: extend(c, model=c.pickled()),
+     "pytorch_model.bin: not a plain tensor file (torch weights_only refused it: "),
     ("extend", "--target-length inside the window", lambda c: ["extend", c.model, "--target-length", "128", "--out",
                                                                c.out()], "must be larger than the original window"),
 
@@ -189,6 +224,13 @@ CASES: list[tuple[str, str, Build, str]] = [
     ("train", "--seq-len beyond the window", lambda c: train(c, "--seq-len", "512"), "exceeds the model's window"),
     ("train", "--lr -1", lambda c: train(c, "--lr", "-1"), "--lr -1"),
     ("train", "model is a file", lambda c: train(c, model=c.file("w.safetensors")), "is a file but not a .gguf"),
+    ("train", "--data shorter than one sequence", lambda c: train(c, "--data", c.file("short.txt", "a few words\n"),
+                                                                 "--seq-len", "64"),
+     "tokens (1 document, EOS included), fewer than the 64 one sequence needs (--seq-len 64)"),
+    ("train", "POSINTERP_CACHE is a file", lambda c: c.cache_is_a_file() or train(c, "--data", "gutenberg"),
+     "POSINTERP_CACHE"),
+    ("train", "pytorch_model.bin holds more than tensors", lambda c: train(c, model=c.pickled()),
+     "pytorch_model.bin: not a plain tensor file (torch weights_only refused it: "),
 
     ("eval passkey", "--out is a file", lambda c: passkey(c, out=c.file()), "is a file; give a folder"),
     ("eval passkey", "--out inside a file", lambda c: passkey(c, out=c.inside_file()), "which is a file"),
@@ -207,6 +249,8 @@ CASES: list[tuple[str, str, Build, str]] = [
     ("eval ppl", "--data is binary", lambda c: ppl(c, "--data", c.file("x.txt", b"\x00" * 64)), "binary data"),
     ("eval ppl", "--windows beyond the window", lambda c: ppl(c, "--windows", "1024"), "is beyond the window"),
     ("eval ppl", "--stride 0", lambda c: ppl(c, "--stride", "0"), "--stride"),
+    ("eval ppl", "pytorch_model.bin holds more than tensors", lambda c: ppl(c, model=c.pickled()),
+     "convert it to safetensors"),
 
     ("eval original", "--out is a file", lambda c: original(c, out=c.file()), "is a file; give a folder"),
     ("eval original", "--out is a complete output", lambda c: original(c, out=str(c.inputs / "ft")),
@@ -228,6 +272,13 @@ CASES: list[tuple[str, str, Build, str]] = [
     ("eval summarize", "model is a file", lambda c: summarize(c, model=c.file("m.bin")), "is a file but not a .gguf"),
     ("eval summarize", "--data is missing", lambda c: summarize(c, "--data", c.out("none.jsonl")), "none.jsonl"),
     ("eval summarize", "--temperature 0", lambda c: summarize(c, "--temperature", "0"), "--temperature 0"),
+    ("eval ruler", "--tasks not a RULER task", lambda c: ruler(c, "--tasks", "niah_singel_1"), "did you mean niah_single_1"),
+    ("eval ruler", "--lengths too short for a task", lambda c: ruler(c, "--tasks", "vt"), "too short for vt"),
+    ("eval ruler", "--lengths beyond the window", lambda c: ruler(c, "--lengths", "1000"), "allow-beyond-window"),
+    ("eval ruler", "--samples 0", lambda c: ruler(c, "--samples", "0"), "--samples 0"),
+    ("eval ruler", "--reference not a ruler result", lambda c: ruler(c, "--reference", c.file("r.json", "{}")),
+     "not an `eval ruler` result"),
+    ("eval ruler", "--out is a file", lambda c: ruler(c, out=c.file()), "is a file; give a folder"),
 
     ("eval compare", "--out is a file", lambda c: compare(c, c.folder(), out=c.file()), "is a file; give a folder"),
     ("eval compare", "--out is a complete output", lambda c: compare(c, c.folder(), out=c.complete),
@@ -300,6 +351,10 @@ CASES: list[tuple[str, str, Build, str]] = [
 
     ("fetch", "unknown model", lambda c: ["fetch", "llama-9000"], "not a fetchable model"),
     ("fetch", "a near miss", lambda c: ["fetch", "qwen2.5-coder-1.5"], "did you mean"),
+    ("fetch", "POSINTERP_CACHE is a file", lambda c: c.cache_is_a_file() or ["fetch", "qwen2.5-coder-1.5b"],
+     "POSINTERP_CACHE"),
+    ("fetch", "POSINTERP_CACHE inside a file", lambda c: c.env.update(POSINTERP_CACHE=c.inside_file())
+     or ["fetch", "qwen2.5-coder-1.5b"], "which is a file"),
 ]
 
 # test_faults' damaged downloads, each once here, the core verbs taking turns (there: every kind × every verb)
@@ -313,6 +368,10 @@ for _verb, _build in (("eval original", original), ("eval summarize", summarize)
     CASES.append((_verb, "damaged model: truncated-safetensors",
                   lambda c, f=_build: f(c, model=str(_damage("truncated-safetensors", c.inputs, c.tmp))),
                   NAMES["truncated-safetensors"]))
+
+
+class NotATensor:
+    """What a pickled checkpoint may hold besides tensors (torch's weights_only refuses it)."""
 
 
 def _damaged_checkpoints(c: Ctx) -> str:
@@ -347,6 +406,8 @@ def test_refused_in_one_line_with_exit_2_and_nothing_written(verb, build, match,
     c = Ctx(tmp_path / "case", inputs)
     c.tmp.mkdir()
     argv = build(c)
+    for name, value in c.env.items():
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
     assert " ".join(argv[:len(verb.split())]) == verb
     out = _out_of(argv)
     out_existed = out is not None and Path(out).exists()

@@ -29,9 +29,10 @@ Every source yields `Document(name, text)`; `describe` names a source for result
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +150,30 @@ def _tokenizer_key(tokenizer: Any) -> str:
     return sha1(json.dumps(sorted(tokenizer.get_vocab().items())) + type(tokenizer).__name__)
 
 
-def _count_tokens(texts: list[str], tokenizer: Any, digests: list[str]) -> int:
-    """Tokens of `texts` (no special tokens, no EOS), cached on disk by tokenizer and text content."""
+COUNT_IN_MEMORY_CHARS = 200_000_000
+"""`composition` holds the texts it read, for counting their tokens, up to this many characters; past it, a
+corpus whose count is not cached yet is read a second time instead (memory stays bounded)."""
+CACHE_MIN_CHARS = 1_000_000
+"""Token counts of less text than this are not cached: counting again takes under a second, and a corpus
+refused for being too short leaves nothing behind."""
+
+
+def _sourced(part: str, split: str, text_field: str, stats: dict | None) -> Iterator[tuple[str, Document]]:
+    """(source, document) of one --data part: a mix names each document's source; any other part is one source."""
+    if part in MIX_SOURCES:
+        return mix_documents(split, MIX_SOURCES[part], stats)
+    return ((part, doc) for doc in iter_documents(part, split=split, text_field=text_field))
+
+
+def _count_tokens(key: str, texts: Callable[[], Iterable[str]], tokenizer: Any, characters: int) -> int:
+    """Tokens of `texts()` (no special tokens, no EOS), cached on disk under `key` (tokenizer and text content)
+    when they hold at least `CACHE_MIN_CHARS` characters."""
     from posinterp.atomic import write_json
     from posinterp.data.tokens import encoder
 
-    key = sha1(_tokenizer_key(tokenizer) + "".join(digests))
+    encode = encoder(tokenizer)
+    if characters < CACHE_MIN_CHARS:
+        return sum(len(encode(t)) for t in texts())
     cache = corpus_cache() / "token-counts.json"
     try:
         known = json.loads(cache.read_text())
@@ -162,8 +181,7 @@ def _count_tokens(texts: list[str], tokenizer: Any, digests: list[str]) -> int:
         known = {}
     if key in known:
         return int(known[key])
-    encode = encoder(tokenizer)
-    n = sum(len(encode(t)) for t in texts)
+    n = sum(len(encode(t)) for t in texts())
     try:
         write_json(cache, {**known, key: n})
     except OSError:  # a read-only cache only costs the count next time
@@ -175,35 +193,63 @@ def composition(spec: str, split: str = "train", tokenizer: Any = None, *, text_
     """Per source: documents, characters and (with a tokenizer) tokens; a mix also counts what it dropped.
 
     `{"gutenberg": {"documents": 38, "characters": ..., "tokens": ...}, "stdlib": {...}, ...}`. The sources
-    of a mix are its parts; any other --data part is one source. Reads the whole corpus; tokens are
-    the text's own (no special tokens or EOS) and are cached (~/.cache/posinterp/corpora/token-counts.json).
+    of a mix are its parts; any other --data part is one source. Reads the whole corpus once; tokens are
+    the text's own (no special tokens or EOS) and are cached by tokenizer and content
+    (~/.cache/posinterp/corpora/token-counts.json), so a large corpus is tokenized for counting only once.
     """
     _check_split(split)
+    parts = _parts(spec)
     rows: dict[str, dict] = {}
-    texts: dict[str, list[str]] = {}
-    for part in _parts(spec):
-        if part in MIX_SOURCES:
-            stats: dict = {}
-            for source in MIX_SOURCES[part]:
-                rows.setdefault(source, {"documents": 0, "characters": 0})
-            pairs = mix_documents(split, MIX_SOURCES[part], stats)
-        else:
-            rows.setdefault(part, {"documents": 0, "characters": 0})
-            pairs, stats = ((part, d) for d in iter_documents(part, split=split, text_field=text_field)), {}
-        for source, doc in pairs:
+    tokenizer_key = _tokenizer_key(tokenizer) if tokenizer is not None else ""
+    keys: dict[str, Any] = {}  # source → sha1 of the tokenizer's key and each document's sha1: the count's cache key
+    kept: dict[str, list[str]] | None = {}  # the texts read, while they fit COUNT_IN_MEMORY_CHARS
+    held = 0
+    for part in parts:
+        stats: dict = {}
+        for source in MIX_SOURCES.get(part, (part,)):
+            rows.setdefault(source, {"documents": 0, "characters": 0})
+        for source, doc in _sourced(part, split, text_field, stats):
             if not doc.text.strip():
                 continue
             rows[source]["documents"] += 1
             rows[source]["characters"] += len(doc.text)
-            texts.setdefault(source, []).append(doc.text)
+            if tokenizer is None:
+                continue
+            keys.setdefault(source, hashlib.sha1(tokenizer_key.encode())).update(sha1(doc.text).encode())
+            if kept is not None:
+                kept.setdefault(source, []).append(doc.text)
+                held += len(doc.text)
+                kept = kept if held <= COUNT_IN_MEMORY_CHARS else None
         for source, dropped in stats.items():
             for what, n in dropped.items():
                 rows[source][what] = rows[source].get(what, 0) + n
     if tokenizer is not None:
         for source, row in rows.items():
-            docs = texts.get(source, [])
-            row["tokens"] = _count_tokens(docs, tokenizer, [sha1(t) for t in docs])
+            def texts(source: str = source) -> Iterable[str]:
+                if kept is not None:
+                    return kept.get(source, [])
+                return (doc.text for part in parts for where, doc in _sourced(part, split, text_field, None)
+                        if where == source and doc.text.strip())
+
+            key = keys.get(source, hashlib.sha1(tokenizer_key.encode())).hexdigest()
+            row["tokens"] = _count_tokens(key, texts, tokenizer, row["characters"])
     return rows
+
+
+def stream_tokens(rows: dict) -> int:
+    """Tokens one epoch of packing streams (`data.packing`): each document's own plus the EOS that ends it."""
+    return sum(row.get("tokens", 0) + row["documents"] for row in rows.values())
+
+
+def check_fills(rows: dict, spec: str, split: str, seq_len: int) -> None:
+    """Refuse, in one line, a corpus (its `composition` with tokens) whose one pass cannot fill a sequence."""
+    total = stream_tokens(rows)
+    if total < seq_len:
+        where = f" --split {split}" if any(part in BUILTIN for part in _parts(spec)) else ""
+        documents = sum(row["documents"] for row in rows.values())
+        raise PosinterpError(f"--data {spec}{where} holds {total:,} tokens ({documents:,} document"
+                             f"{'' if documents == 1 else 's'}, EOS included), fewer than the {seq_len:,} one sequence "
+                             f"needs (--seq-len {seq_len}); give more text or a lower --seq-len")
 
 
 def _amount(n: int) -> str:

@@ -9,6 +9,7 @@ Where each reader takes the window from, and what we write for it:
 | lm-eval (HFLM)          | `max_length` ← `max_position_embeddings`                | L'                          |
 | vLLM                    | max_model_len = mpe × factor, capped by tokenizer `model_max_length` | tokenizer model_max_length = L' |
 | llama.cpp converter     | `context_length` ← mpe, `rope.scaling.*` ← rope_scaling | L', linear, factor          |
+|                         | llama3: bakes the per-frequency factors into `rope_freqs` | (the llama3 rope_scaling)   |
 
 So `max_position_embeddings` is the new window L' (dynamic NTK excepted: transformers reads it as
 the pre-scaling window), and the tokenizer's `model_max_length` = L' caps vLLM's product at L'.

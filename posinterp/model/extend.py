@@ -3,6 +3,7 @@
     posinterp extend smollm2-135m --factor 4 --out runs/smollm2-32k
     posinterp extend ./my-llama --target-length 32768 --out ./my-llama-32k
     posinterp extend smollm2-135m --method yarn --factor 2 --out runs/smollm2-16k-yarn
+    posinterp extend smollm2-135m --method llama3 --factor 4 --out runs/smollm2-32k-llama3
 
 No weight changes: PI is `rope_type: linear` with `factor: s`, rope_theta kept.
 """
@@ -36,7 +37,9 @@ class ExtendConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.method == "none":
-            raise PosinterpError("--method none writes an unchanged model; choose pi, ntk, dynamic or yarn")
+            others = [m for m in METHODS if m != "none"]
+            raise PosinterpError(f"--method none writes an unchanged model; choose {', '.join(others[:-1])} "
+                                 f"or {others[-1]}")
         if self.factor is None and self.target_length is None:
             raise PosinterpError("give --factor S (e.g. --factor 4) or --target-length N (e.g. --target-length 32768)")
         if self.factor is not None and self.target_length is not None:

@@ -2,6 +2,7 @@
 
     posinterp export gguf runs/smollm2-16k --out smollm2-16k.gguf
     posinterp export gguf runs/smollm2-16k-yarn --out smollm2-16k-yarn-q8.gguf --outtype q8_0
+    posinterp export gguf runs/smollm2-32k-llama3 --out smollm2-32k-llama3.gguf
 
 The converter is llama.cpp's `convert_hf_to_gguf.py` from the llama-cpp-python sdist (pinned below),
 fetched once with `pip download --no-deps --no-binary :all:` (a registry, not a hub; nothing is
@@ -17,10 +18,16 @@ renamed into place only if llama.cpp will run it as the checkpoint's config says
 | ------------------------------------------- | ------------------------------------------------ |
 | `{arch}.context_length`                     | `max_position_embeddings` (the new window)       |
 | `{arch}.rope.freq_base`                     | `rope_theta` (stored as float32)                 |
-| `{arch}.rope.scaling.type`                  | `linear` (pi), `yarn`; absent for none and ntk   |
+| `{arch}.rope.scaling.type`                  | `linear` (pi), `yarn`; absent for none, ntk, llama3 |
 | `{arch}.rope.scaling.factor`                | the factor (pi, yarn)                            |
 | `{arch}.rope.scaling.original_context_length` | yarn's `original_max_position_embeddings`      |
+| tensor `rope_freqs.weight` (llama3 only)    | θ_j / θ'_j per frequency, from transformers' own llama3 function |
 | `general.file_type`                         | `--outtype`                                      |
+
+llama3 has no GGUF scaling type: the converter bakes its per-frequency divisors into a `rope_freqs`
+tensor, which llama.cpp's runtime divides each frequency by. Only some of its architectures write it
+(Llama's among them, always over the full head dim): any other gives a GGUF without the tensor, and a
+partial rotary dim gives other values; either is refused.
 
 Dynamic NTK is refused before conversion: llama.cpp has no rope scaling that recomputes the base
 from the running length, and its converter silently drops it (the GGUF would run plain RoPE at the
@@ -55,12 +62,16 @@ KEEP = (SCRIPT, "LICENSE", "conversion/", "gguf-py/gguf/", "gguf-py/LICENSE", "m
 
 OUTTYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "bf16": "MOSTLY_BF16", "f32": "ALL_F32"}
 """--outtype → the gguf.LlamaFileType the file must declare."""
-ROPE_TYPES = ("default", "linear", "yarn")
+ROPE_TYPES = ("default", "linear", "yarn", "llama3")
 """Rope types whose GGUF keys are checked; `default` covers none and static NTK."""
+GGUF_SCALING = ("linear", "yarn")
+"""Rope types the GGUF names in `{arch}.rope.scaling.type` (llama3 has no such type: see ROPE_FREQS)."""
+ROPE_FREQS = "rope_freqs.weight"
+"""The tensor in which llama.cpp's converter writes llama3's per-frequency divisors (no `{arch}.` prefix)."""
 UNEXPRESSIBLE = {
     "dynamic": "dynamic NTK recomputes the RoPE base from the running length, which llama.cpp cannot express "
                "(its converter drops it and the GGUF would run plain RoPE at the original window); "
-               "export a pi, yarn or ntk checkpoint instead",
+               "export a pi, yarn, llama3 or ntk checkpoint instead",
 }
 
 
@@ -153,13 +164,33 @@ def expected_keys(config: Any, outtype: str) -> dict[str, Any]:
     keys: dict[str, Any] = {
         "context_length": int(config.max_position_embeddings),
         "rope.freq_base": float(theta) if theta is not None else None,
-        "rope.scaling.type": None if rope_type == "default" else rope_type,
-        "rope.scaling.factor": None if rope_type == "default" else float(params["factor"]),
+        "rope.scaling.type": rope_type if rope_type in GGUF_SCALING else None,
+        "rope.scaling.factor": float(params["factor"]) if rope_type in GGUF_SCALING else None,
         "rope.scaling.original_context_length": (int(params["original_max_position_embeddings"])
                                                  if rope_type == "yarn" else None),
         "general.file_type": int(gguf.LlamaFileType[OUTTYPES[outtype]]),
     }
+    if rope_type == "llama3":
+        keys[ROPE_FREQS] = llama3_divisors(config)
     return keys
+
+
+def llama3_divisors(config: Any) -> list[float]:
+    """θ_j / θ'_j for each rotary frequency: 1 where llama3 keeps it, s where it interpolates, between in the band.
+
+    From transformers' own llama3 function against the unscaled frequencies of the same dim."""
+    import copy
+
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from posinterp.model.rope import head_dim, rope_parameters
+
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](copy.deepcopy(config), "cpu")
+    d = head_dim(config)
+    theta = float(rope_parameters(config)["rope_theta"])
+    base = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)
+    return [float(v) for v in base / scaled]
 
 
 def plan(cfg: GgufExportConfig) -> dict[str, Any]:
@@ -212,7 +243,8 @@ def read_keys(path: Path) -> dict[str, Any]:
     import gguf
 
     try:
-        fields = gguf.GGUFReader(str(path)).fields
+        reader = gguf.GGUFReader(str(path))
+        fields = reader.fields
     except Exception as err:
         raise PosinterpError(f"{path} cannot be read back as a GGUF ({cause(err)})") from None
 
@@ -224,6 +256,8 @@ def read_keys(path: Path) -> dict[str, Any]:
     for key in ("context_length", "rope.freq_base", "rope.scaling.type", "rope.scaling.factor",
                 "rope.scaling.original_context_length"):
         keys[key] = value(f"{arch}.{key}")
+    tensors = {t.name: t for t in reader.tensors}
+    keys[ROPE_FREQS] = [float(v) for v in tensors[ROPE_FREQS].data.reshape(-1)] if ROPE_FREQS in tensors else None
     return keys
 
 
@@ -235,6 +269,13 @@ def disagreements(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
         if key == "rope.scaling.type" and want is None and got in (None, "none"):
             continue
         if key == "rope.scaling.factor" and want is None and got in (None, 0.0, 1.0):
+            continue
+        if key == ROPE_FREQS:
+            if got is not None and len(got) == len(want) and all(math.isclose(a, b, rel_tol=1e-5)
+                                                                  for a, b in zip(got, want)):
+                continue
+            shown = "absent" if got is None else f"[{', '.join(f'{v:.4g}' for v in got)}]"
+            bad.append(f"tensor {key} {shown} ≠ llama3's [{', '.join(f'{v:.4g}' for v in want)}]")
             continue
         if isinstance(want, float) and isinstance(got, int | float):
             if math.isclose(want, got, rel_tol=1e-6):  # GGUF stores float32
@@ -271,6 +312,7 @@ def export_gguf(cfg: GgufExportConfig | str | Path | None = None, **kwargs) -> d
     finally:
         tmp.unlink(missing_ok=True)
     arch = found["general.architecture"]
-    checked = {(k if k.startswith("general.") else f"{arch}.{k}"): found[k] for k in ("general.architecture", *expected)}
+    checked = {(k if k.startswith("general.") or k == ROPE_FREQS else f"{arch}.{k}"): found[k]
+               for k in ("general.architecture", *expected)}
     log.info("wrote %s; keys checked: %s", out, ", ".join(f"{k}={v}" for k, v in checked.items()))
     return {"out": str(out), "outtype": cfg.outtype, "keys": checked}

@@ -15,7 +15,7 @@ from typing import Any
 from posinterp.cli import arg
 from posinterp.errors import PosinterpError, cause
 from posinterp.model.facts import check_facts, check_rope, load_config, original_window
-from posinterp.model.refs import ModelRef, dense, load_tokenizer, resolve
+from posinterp.model.refs import ModelRef, dense, load_tokenizer, pickle_refusal, resolve
 from posinterp.model.rope import RopeSpec, configure, window
 
 DEVICE_HELP = "where to compute: auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N"
@@ -73,12 +73,17 @@ def load_model(ref: ModelRef, *, rope: RopeSpec | None = None, original_length: 
         raise PosinterpError(f"{ref.folder} has a config.json but no weights (model.safetensors, "
                              "model.safetensors.index.json or pytorch_model.bin); the download or copy is "
                              "incomplete: fetch the model again")
+    import pickle
+
     from safetensors import SafetensorError
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
             ref.folder, config=config, dtype=dtype or torch.bfloat16, attn_implementation=attn_implementation,
             **ref.hf_kwargs())
+    except pickle.UnpicklingError as err:  # a legacy-format pickle `resolve` could not map: torch's many lines → one
+        bins = [ref.folder / name for name in weights[2:] if (ref.folder / name).is_file()]
+        raise pickle_refusal(bins[0] if bins else ref.folder, err) from None
     except (OSError, EOFError, SafetensorError) as err:  # `resolve` checked the headers; this is the data itself
         raise PosinterpError(f"cannot load the weights of '{ref.source}' from {ref.folder} ({cause(err)}); the files are damaged or "
                              "incomplete: fetch the model again") from None
@@ -88,7 +93,7 @@ def load_model(ref: ModelRef, *, rope: RopeSpec | None = None, original_length: 
 
 
 # -- the set-up every verb shares ------------------------------------------------------------------
-ROPE_HELP = ("rope method applied on the fly: none (the model as configured), pi:S, ntk:S, dynamic:S or yarn:S")
+ROPE_HELP = ("rope method applied on the fly: none (the model as configured), pi:S, ntk:S, dynamic:S, yarn:S or llama3:S")
 
 
 @dataclass

@@ -106,8 +106,9 @@ def check_files(ref: ModelRef) -> None:
 
     A .gguf must start with the GGUF magic; a folder's config.json must be a JSON object, and
     model.safetensors, or each shard listed by model.safetensors.index.json, must be there with a
-    safetensors header that covers the whole file. A folder with no weights at all passes (a
-    config-only stand-in plans a dry run); `load_model` refuses it.
+    safetensors header that covers the whole file. Without safetensors, pytorch_model.bin (or each
+    shard of its index) must hold tensors only (`check_pickle`). A folder with no weights at all
+    passes (a config-only stand-in plans a dry run); `load_model` refuses it.
     """
 
     again = "the download or copy is damaged or incomplete: fetch the model again"
@@ -126,20 +127,11 @@ def check_files(ref: ModelRef) -> None:
                              f"{again}") from None
     if not isinstance(config, dict):
         raise PosinterpError(f"{folder / 'config.json'} holds a JSON {type(config).__name__}, not an object; {again}")
-    index = folder / "model.safetensors.index.json"
-    if (folder / "model.safetensors").is_file():
-        shards = [folder / "model.safetensors"]
-    elif index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = [folder / name for name in sorted(set(weight_map.values()))]
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise PosinterpError(f"{index} is not a readable shard index ({cause(err, 'no weight_map')}); {again}") from None
-        for shard in shards:
-            if not shard.is_file():
-                raise PosinterpError(f"{index} lists the shard {shard.name}, which is missing from {folder}; {again}")
-    else:  # pickled weights are checked by transformers as they load; none at all: `load_model` refuses
-        shards = []  # (a config-only folder is a valid stand-in for planning, e.g. recipes/configs/llama2-7b)
+    shards = _weights(folder, "model.safetensors", again)
+    # without safetensors, pickled weights are checked; no weights at all pass here (a config-only folder is a
+    # valid stand-in for planning, e.g. recipes/configs/llama2-7b) and `load_model` refuses them
+    for pickled in [] if shards else _weights(folder, "pytorch_model.bin", again):
+        check_pickle(pickled)
     from safetensors import safe_open
 
     for shard in shards:
@@ -148,6 +140,57 @@ def check_files(ref: ModelRef) -> None:
                 pass
         except Exception as err:
             raise PosinterpError(f"{shard} is truncated or damaged ({str(err).splitlines()[0]}); {again}") from None
+
+
+def _weights(folder: Path, name: str, again: str) -> list[Path]:
+    """`name` itself, or the shards its `name.index.json` lists (each must be there), or none."""
+    index = folder / f"{name}.index.json"
+    if (folder / name).is_file():
+        return [folder / name]
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = [folder / shard for shard in sorted(set(weight_map.values()))]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise PosinterpError(f"{index} is not a readable shard index ({cause(err, 'no weight_map')}); {again}") from None
+    for shard in shards:
+        if not shard.is_file():
+            raise PosinterpError(f"{index} lists the shard {shard.name}, which is missing from {folder}; {again}")
+    return shards
+
+
+def pickle_refusal(path: Path | str, err: BaseException) -> PosinterpError:
+    """torch.load's many-line refusal of a pickled checkpoint as one line naming the file.
+
+    `weights_only` refuses a pickle holding more than tensors (a class instance, a function): the line
+    quotes the global it refused. Anything else (not a pickle, cut short) reads as a damaged file.
+    """
+    lines = [ln.strip().removeprefix("WeightsUnpickler error: ") for ln in str(err).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        why = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0])
+        return PosinterpError(f"{path}: not a plain tensor file (torch weights_only refused it: "
+                              f"{why.split('. ')[0].rstrip('.')}); convert it to safetensors")
+    why = lines[0].split(". ")[0] if lines else type(err).__name__
+    return PosinterpError(f"{path} is truncated or damaged ({why}); the download or copy is damaged or incomplete: "
+                          "fetch the model again")
+
+
+def check_pickle(path: Path) -> None:
+    """Refuse a pickled checkpoint that `weights_only` will not load, before any work.
+
+    Cheap: a zip-format file (torch.save's default since 1.6) is memory-mapped, so only its pickle
+    is read, never the tensors. A legacy-format file cannot be mapped; `load_model` refuses it as it loads.
+    """
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            return
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:  # weights_only's refusal (UnpicklingError), a cut zip (RuntimeError), ...
+        raise pickle_refusal(path, err) from None
 
 
 DENSE_SAMPLES = 16
@@ -223,12 +266,30 @@ def strip_quantizer(model: Any) -> None:
             del cfg.quantization_config
 
 
+_GGUF_TOKENIZERS: dict[tuple, Any] = {}
+"""(gguf file, size, mtime) → its tokenizer: reading one out of a GGUF takes seconds (its whole metadata is
+parsed), and `train` needs it twice, to count the corpus before any work and with the model."""
+
+
 def load_tokenizer(ref: ModelRef) -> Any:
+    """The model's tokenizer; a GGUF's is read once per process and handed out as copies (callers may change it)."""
+    import copy
+
     from transformers import AutoTokenizer
 
+    key = None
+    if ref.gguf_file:
+        stat = (ref.folder / ref.gguf_file).stat()
+        key = (str(ref.folder / ref.gguf_file), stat.st_size, stat.st_mtime_ns)
+        if key in _GGUF_TOKENIZERS:
+            return copy.deepcopy(_GGUF_TOKENIZERS[key])
     try:
-        return AutoTokenizer.from_pretrained(ref.folder, **ref.hf_kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(ref.folder, **ref.hf_kwargs())
     except Exception as err:  # a damaged tokenizer.json / tokenizer_config.json, or none at all
         raise PosinterpError(f"cannot load the tokenizer of '{ref.source}' from {ref.folder / (ref.gguf_file or '')} "
                              f"({cause(err)}); its tokenizer "
                              "files are missing or damaged: copy them again from the source model") from None
+    if key is not None:
+        _GGUF_TOKENIZERS.clear()  # one model at a time: the newest
+        _GGUF_TOKENIZERS[key] = copy.deepcopy(tokenizer)
+    return tokenizer

@@ -10,6 +10,12 @@ The other methods exist for comparison and go through the same code path:
 | ntk     | default                | base b → b·s^(d/(d−2)) (static NTK-aware)      | s·L                 |
 | dynamic | dynamic                | NTK base recomputed from the running length    | L (transformers reads it as the pre-scaling window) |
 | yarn    | yarn                   | per-frequency ramp + attention temperature     | s·L, original L kept in rope_parameters |
+| llama3  | llama3                 | high θ_j kept, low θ_j / s, a ramp between     | s·L, original L kept in rope_parameters |
+
+llama3 is the scaling Llama 3.1–3.3 ship (`factor` 8, window 8192 → 131072): with the original window
+L, a frequency whose wavelength 2π/θ_j is under L / high_freq_factor (4) is kept, one over
+L / low_freq_factor (1) is interpolated (θ_j / s, as PI does), and in between the two are blended by
+how many periods fit in L. We write the factors Llama 3.1 ships (`LLAMA3_FREQ_FACTORS`).
 
 `write_legacy_keys` adds the transformers 4.x view (`rope_scaling` + top-level `rope_theta`) to a
 config dict so old and new readers agree.
@@ -24,8 +30,12 @@ from typing import Any
 
 from posinterp.errors import PosinterpError
 
-METHODS: dict[str, str] = {"none": "default", "pi": "linear", "ntk": "default", "dynamic": "dynamic", "yarn": "yarn"}
+METHODS: dict[str, str] = {"none": "default", "pi": "linear", "ntk": "default", "dynamic": "dynamic", "yarn": "yarn",
+                           "llama3": "llama3"}
 """posinterp method → transformers rope_type."""
+
+LLAMA3_FREQ_FACTORS = {"low_freq_factor": 1.0, "high_freq_factor": 4.0}
+"""llama3's band edges, as Llama 3.1 ships them: wavelengths under L/4 are kept, over L/1 interpolated."""
 
 COMPOSABLE = {"linear"}
 REFUSED = {
@@ -64,11 +74,13 @@ def check_factor(factor: float, flag: str = "--factor") -> float:
 
 
 def parse_rope(text: str) -> RopeSpec:
-    """`none`, `pi:2`, `ntk:4`, `dynamic:2`, `yarn:4` → RopeSpec."""
+    """`none`, `pi:2`, `ntk:4`, `dynamic:2`, `yarn:4`, `llama3:8` → RopeSpec."""
     text = str(text).strip()
     method, _, factor = text.partition(":")
     if method not in METHODS:
-        raise PosinterpError(f"--rope '{text}': unknown method '{method}'; use none, pi:S, ntk:S, dynamic:S or yarn:S")
+        scaled = [f"{m}:S" for m in METHODS if m != "none"]
+        raise PosinterpError(f"--rope '{text}': unknown method '{method}'; use none, {', '.join(scaled[:-1])} "
+                             f"or {scaled[-1]}")
     if method == "none":
         if factor:
             raise PosinterpError(f"--rope '{text}': 'none' takes no factor")
@@ -97,6 +109,20 @@ def head_dim(config: Any) -> int:
     return int(hd * params.get("partial_rotary_factor", 1.0))
 
 
+def check_rope_type(config: Any) -> str:
+    """The config's rope_type, refused in one line when transformers has no rope function for it."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope_type = rope_parameters(config)["rope_type"]
+    # a model class's own default (e.g. "axial" for M-RoPE text models) is computed by the class itself
+    known = sorted({"default", getattr(config, "default_rope_type", "default"), *ROPE_INIT_FUNCTIONS})
+    if rope_type not in known:
+        raise PosinterpError(f"the model's rope_parameters.rope_type (rope_scaling.type in older configs) is "
+                             f"{rope_type!r}, which transformers does not know (known: {', '.join(known)}); "
+                             "fix the checkpoint's config.json")
+    return rope_type
+
+
 def window(config: Any) -> int:
     """The context length this config is meant to run at (after any scaling)."""
     params = rope_parameters(config)
@@ -109,10 +135,11 @@ def configure(config: Any, spec: RopeSpec, original_length: int) -> dict:
     """Set `config`'s rope parameters and window for `spec`, in place; returns a summary.
 
     `original_length` is the window the weights were trained at (L). An existing linear factor
-    composes (factors multiply); yarn, llama3, longrope and dynamic scaling are refused.
+    composes (factors multiply); yarn, llama3, longrope and dynamic scaling are refused, and so is a
+    rope_type transformers does not know (it would be replaced silently).
     """
+    existing = check_rope_type(config)
     params = rope_parameters(config)
-    existing = params["rope_type"]
     theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
     info = {"method": spec.method, "factor": spec.factor, "original_length": int(original_length),
             "rope_theta": theta, "composed_with": None}
@@ -141,9 +168,11 @@ def configure(config: Any, spec: RopeSpec, original_length: int) -> dict:
         new["rope_theta"] = theta * spec.factor ** (d / (d - 2))
     elif spec.method == "dynamic":
         new["factor"] = spec.factor
-    elif spec.method == "yarn":
+    elif spec.method in ("yarn", "llama3"):
         new["factor"] = spec.factor
         new["original_max_position_embeddings"] = int(original_length)
+        if spec.method == "llama3":
+            new.update(LLAMA3_FREQ_FACTORS)
     config.rope_parameters = new
     # dynamic NTK reads max_position_embeddings as the pre-scaling window; every other method
     # is told the new window, which transformers, lm-eval and llama.cpp's converter all read.

@@ -1,6 +1,7 @@
 """The main job: a recipe drives extend → train → evaluate → report, priced and fitted to a budget.
 
-Owns: `recipe` (the YAML, its keys and overrides), `stages` (the rows and their stages), `budget` (estimates,
+Owns: `recipe` (the YAML, its keys and overrides), `stages` (the rows and their stages), `stamps` (what made each
+stage's output: a stage is done only when its stamp matches the plan), `budget` (estimates,
 trims, `--dry-run`), `estimate` (the stage probe and memory estimate), `pipeline` (the `run` verb) and `report`.
 
 May import: everything else in posinterp; nothing imports it.

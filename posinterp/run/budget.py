@@ -1,5 +1,10 @@
 """What a run will cost on this machine, and fitting it into `--budget`: per-stage estimates, the trims
 (passkey trials, perplexity text, fine-tune steps) and `--dry-run`'s table.
+
+Only the stages still to run are priced (`run/stamps.py` says which), and a fine-tune that continues from
+a checkpoint only for its remaining steps. The trims a budget chose are kept in the run folder
+(`estimates.json`'s `fit`): the same recipe under the same budget reuses them instead of fitting again
+from a new probe, so a budget-trimmed stage stays done for that budget.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from typing import Any
 
 from posinterp.errors import PosinterpError
 from posinterp.run.recipe import Recipe
-from posinterp.run.stages import Scale, Stage, plan, stage_done
+from posinterp.run.stages import Scale, Stage, plan
+from posinterp.run.stamps import Status, statuses
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +38,10 @@ def parse_budget(text: str | None) -> float | None:
     return value
 
 
-def stage_estimates(stages: list[Stage], speed: Any, force: bool = False) -> dict[str, float]:
-    """Seconds each stage still to run (all with `force`) should take here, priced from the measured `speed`."""
+def stage_estimates(stages: list[Stage], speed: Any, force: bool = False,
+                    status: dict[str, Status] | None = None) -> dict[str, float]:
+    """Seconds each stage still to run (all with `force`) should take here, priced from the measured `speed`;
+    a fine-tune resuming from a checkpoint for the steps it has left."""
     from posinterp.data.corpus import load_documents
     from posinterp.evals.common import parse_lengths
     from posinterp.evals.perplexity import strides_for
@@ -43,18 +51,20 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False) -> dic
     out: dict[str, float] = {}
     tokens_of: dict[tuple, list[int]] = {}
     tokenizer = None
+    status = status if status is not None else statuses(stages, force)
     for s in stages:
-        if stage_done(s) and not force:
+        if not status[s.name].runs:
             continue
         cfg = s.config
         if s.name == "extend":
             out[s.name] = estimate.LOAD_S  # measured 4.2–4.8 s for SmolLM2 (load, configure, write)
         elif s.name.startswith("train ("):
             seq_len = int(cfg.seq_len or loader.prepare(cfg.model, cfg.rope_spec, cfg.original_length).window)
-            sec = estimate.train_seconds(speed, steps=cfg.steps, seq_len=seq_len, batch_size=cfg.batch_size,
+            left = cfg.steps - status[s.name].from_step
+            sec = estimate.train_seconds(speed, steps=left, seq_len=seq_len, batch_size=cfg.batch_size,
                                          grad_accum=cfg.grad_accum)
             if cfg.eval_every:
-                evals = cfg.steps // cfg.eval_every + 1
+                evals = cfg.steps // cfg.eval_every + 1 - status[s.name].from_step // cfg.eval_every
                 lengths = parse_lengths(cfg.eval_lengths, "--eval-lengths") if cfg.eval_lengths else [seq_len]
                 per = estimate.passkey_seconds(speed, lengths=lengths, trials=cfg.eval_trials) - estimate.LOAD_S
                 per += estimate.ppl_seconds(speed, doc_tokens=[cfg.eval_ppl_tokens],
@@ -139,6 +149,50 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
     return recipe, stages, est, trims
 
 
+TRIMMABLE = ("train.steps", "eval.passkey.trials", "eval.ppl.max_tokens", "eval.ppl.max_docs")
+"""The recipe values a budget trims, as dotted keys."""
+
+
+def _get(recipe: Recipe, key: str) -> Any:
+    obj: Any = recipe
+    for part in key.split("."):
+        obj = getattr(obj, part) if obj is not None else None
+    return obj
+
+
+def _set(obj: Any, parts: list[str], value: Any) -> Any:
+    inner = getattr(obj, parts[0])
+    if inner is None:  # no passkey section: nothing to trim there
+        return obj
+    return dataclasses.replace(obj, **{parts[0]: value if len(parts) == 1 else _set(inner, parts[1:], value)})
+
+
+def trimmed_values(recipe: Recipe) -> dict[str, Any]:
+    """The values of `TRIMMABLE` in this (trimmed) recipe."""
+    return {key: _get(recipe, key) for key in TRIMMABLE}
+
+
+def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:
+    """The recipe with the trimmed values a fit chose before."""
+    for key, value in values.items():
+        if key in TRIMMABLE:
+            recipe = _set(recipe, key.split("."), value)
+    return recipe
+
+
+def fit_or_reuse(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any, budget: float, key: str,
+                 saved: dict | None) -> tuple[Recipe, list[Stage], dict[str, float], list[str], dict]:
+    """`fit_budget`, or the fit `saved` in the run folder when its `key` (the budget and the recipe) is this
+    run's: a new probe or fewer stages left must not trim a budget's plan differently (its stages would
+    rerun). Returns what `fit_budget` does, and the fit to save."""
+    if saved and saved.get("key") == key:
+        recipe = with_values(recipe, saved["values"])
+        stages = plan(recipe, run_dir, force=force, sc=sc)
+        return recipe, stages, stage_estimates(stages, speed, force), list(saved["trims"]), saved
+    recipe, stages, est, trims = fit_budget(recipe, run_dir, force, sc, speed, budget)
+    return recipe, stages, est, trims, {"key": key, "values": trimmed_values(recipe), "trims": trims}
+
+
 def print_estimates(est: dict[str, float], speed: Any, stages: list[Stage]) -> None:
     def fmt(points: dict) -> str:
         return ", ".join(f"{k}: {v:.2f} s" for k, v in points.items())
@@ -151,8 +205,10 @@ def print_estimates(est: dict[str, float], speed: Any, stages: list[Stage]) -> N
     print(f"  {'all stages':<22} ≈ {sum(est.values()) / 60:6.1f} min")
 
 
-def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None) -> dict:
-    """Print the plan: model, data, memory estimate, steps and outputs; compute nothing.
+def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
+            status: dict[str, Status] | None = None) -> dict:
+    """Print the plan: model, data, memory estimate, steps and outputs, and what `run` would do with each
+    stage (done, to run, or why it reruns or resumes: the same line `run` logs); compute nothing.
 
     The time per step comes from this machine: `speed` measured now (--estimate), else the last probe of
     this model cached here; with neither (another machine's plan, a config-only stand-in), from the
@@ -179,6 +235,7 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None) -
     except PosinterpError as err:
         data_line = f"{tr.data}: not available here ({err})"
     fine_tunes = sum(1 for s in stages if s.name.startswith("train ("))
+    status = status if status is not None else statuses(stages)
     plan_ = {
         "recipe": recipe.name, "model": str(ref.folder / (ref.gguf_file or "")), "architecture": config.model_type,
         "original_length": sc.original_length, "target_length": info["target_length"],
@@ -187,8 +244,8 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None) -
                   "gpus": gpus, "tokens_total": seq_len * tr.batch_size * tr.grad_accum * gpus * tr.steps,
                   "fine_tunes": fine_tunes},
         "data": data_line, "estimate": est.as_dict(),
-        "stages": [{"stage": s.name, "output": str(s.output), "what": s.describe,
-                    "status": "done" if stage_done(s) else "to run"} for s in stages],
+        "stages": [{"stage": s.name, "output": str(s.output), "what": s.describe, "status": status[s.name].kind,
+                    "why": status[s.name].line() if status[s.name].why else ""} for s in stages],
     }
     print(f"recipe {recipe.name}: {plan_['model']} ({config.model_type}), window {sc.original_length} → "
           f"{info['target_length']}, rope {info['rope_parameters']}")
@@ -214,5 +271,5 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None) -
               f"the recipe's launch.mfu × launch.peak_tflops; --estimate measures this machine"
               + (f" (× {fine_tunes} fine-tunes)" if fine_tunes > 1 else ""))
     for s in plan_["stages"]:
-        print(f"  [{s['status']}] {s['stage']:<18} → {s['output']}  ({s['what']})")
+        print(f"  [{s['status']}] {s['stage']:<18} → {s['output']}  ({s['why'] or s['what']})")
     return plan_

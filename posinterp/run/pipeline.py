@@ -1,18 +1,20 @@
-"""`posinterp run RECIPE`: extend → fine-tune → evaluate → report, skipping finished stages.
+"""`posinterp run RECIPE`: extend → fine-tune → evaluate → report, skipping the stages whose stamp matches the plan.
 
     posinterp run recipes/smollm2-16k-cpu.yaml
     posinterp run recipes/smollm2-16k-cpu.yaml --train.steps 20 --dry-run
 
 Rows (`eval.rows`): the original model, plain extrapolation, each method at 0 fine-tune steps (pi,
-yarn, ntk, dynamic) and the equal-budget fine-tunes `<method>_ft` (pi_ft, yarn_ft, ntk_ft, dynamic_ft,
+yarn, ntk, dynamic, llama3) and the equal-budget fine-tunes `<method>_ft` (pi_ft, yarn_ft, ntk_ft, dynamic_ft, llama3_ft,
 and nopi_ft: RoPE unchanged, the paper's direct fine-tuning), every one trained with the recipe's one
 `train` section: the same data order, steps, seed and settings. The extend method's rows start from
 the extended checkpoint; the others apply their method on the fly at the same factor.
 
 Every value is checked before anything is written (the recipe's sections when loaded, the rows and
-the factor by `plan`). Every stage writes its output atomically into the run folder, so a stage
-whose output exists is complete and is skipped on a re-run; a crash or Ctrl-C loses at most the
-stage in progress (and training resumes from its last checkpoint).
+the factor by `plan`). Every stage writes its output atomically into the run folder, then its stamp
+(`stage.json`: its settings, inputs and versions, `run/stamps.py`). A re-run skips a stage whose stamp is
+the plan's, reruns one that differs and every stage below it, saying why in one line each
+(`train (PI): steps 18 → 20, rerunning`), and grows a fine-tune given more steps from its checkpoint. A
+crash or Ctrl-C loses at most the stage in progress (and training resumes from its last checkpoint).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import yaml
 from posinterp.atomic import write_json, write_text
 from posinterp.cli import arg, as_config
 from posinterp.errors import PosinterpError
-from posinterp.run.budget import dry_run, fit_budget, parse_budget, print_estimates, stage_estimates
+from posinterp.run import stamps
+from posinterp.run.budget import dry_run, fit_or_reuse, parse_budget, print_estimates, stage_estimates
 from posinterp.run.recipe import Recipe, check_data, load_recipe
-from posinterp.run.stages import plan, scale, stage_done
+from posinterp.run.stages import Stage, plan, scale
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,8 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
     run_dir = Path(recipe.out)  # a file there was refused with the recipe
     sc = scale(recipe)
     stages = plan(recipe, run_dir, force=cfg.force, sc=sc)
-    estimates, trims, speed = {}, [], None
+    estimates, trims, speed, fit = {}, [], None, None
+    saved = _read_json(run_dir / "estimates.json")
     if cfg.estimate or budget is not None:
         from posinterp.run.estimate import measure_speed
 
@@ -104,21 +108,26 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
             spent = time.time() - started  # the probe and the set-up so far are part of the budget
             log.info("--budget %s: %.0f s spent on the probe; %.1f min left for the stages", cfg.budget, spent,
                      (budget - spent) / 60)
-            recipe, stages, estimates, trims = fit_budget(recipe, run_dir, cfg.force, sc, speed, budget - spent)
+            key = stamps.digest({"budget_s": budget, "recipe": data, "precision": recipe.train.precision})
+            recipe, stages, estimates, trims, fit = fit_or_reuse(recipe, run_dir, cfg.force, sc, speed,
+                                                                 budget - spent, key, saved.get("fit"))
+            again = " (as before with this budget and recipe)" if fit == saved.get("fit") else ""
             for t in trims:
-                log.info("--budget %s: trimmed %s", cfg.budget, t)
+                log.info("--budget %s: trimmed %s%s", cfg.budget, t, again)
         else:
             estimates = stage_estimates(stages, speed, cfg.force)
         print_estimates(estimates, speed, stages)
+    planned = stamps.planned(stages)
+    status = stamps.statuses(stages, cfg.force, planned)
     if cfg.dry_run:
-        return dry_run(recipe, stages, sc, speed)
+        return dry_run(recipe, stages, sc, speed, status)
     check_data(recipe, trains=any(stage.name.startswith("train") for stage in stages))
     run_dir.mkdir(parents=True, exist_ok=True)
     if speed is not None:
-        previous = json.loads((run_dir / "estimates.json").read_text()) if (run_dir / "estimates.json").is_file() else {}
-        write_json(run_dir / "estimates.json", {"stages": {**previous.get("stages", {}), **estimates},
+        write_json(run_dir / "estimates.json", {"stages": {**saved.get("stages", {}), **estimates},
                                                 "speed": speed.as_dict(), "budget_s": budget, "trimmed": trims,
-                                                "estimated_total_s": round(sum(estimates.values()), 1)})
+                                                "estimated_total_s": round(sum(estimates.values()), 1),
+                                                "fit": fit or saved.get("fit")})
     write_text(run_dir / "recipe.resolved.yaml",
                f"# posinterp run {cfg.recipe} {' '.join(cfg.overrides)}\n"
                + "".join(f"# --budget {cfg.budget} trimmed {t} (the values below are the recipe's, untrimmed)\n"
@@ -128,12 +137,13 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     t_run = time.time()
     for i, stage in enumerate(stages, 1):
-        if stage_done(stage) and not cfg.force:
+        st = status[stage.name]
+        if not st.runs:
             log.info("[%d/%d] %s: done (%s)", i, len(stages), stage.name, stage.output)
             continue
-        log.info("[%d/%d] %s: %s", i, len(stages), stage.name, stage.describe)
+        log.info("[%d/%d] %s: %s", i, len(stages), stage.name, st.line() if st.kind != "to run" else stage.describe)
         t0 = time.time()
-        stage.action()
+        run_stage(stage, planned[stage.name], st, estimates.get(stage.name))
         timings[stage.name] = round(time.time() - t0, 1)
         write_json(timings_path, timings)
     from posinterp.run.report import write_report
@@ -142,3 +152,21 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
     log.info("report: %s (stages run now: %.0f s; all stages: %.0f s)", run_dir / "report.md",
              time.time() - t_run, sum(timings.values()))
     return summary
+
+
+def run_stage(stage: Stage, stamp: dict, st: stamps.Status, price: float | None) -> None:
+    """Run one stage over whatever it left (a fine-tune resumes or starts over as `st` says), ETAs starting
+    from its `price`; its stamp is written only once it completes."""
+    from posinterp.evals.progress import stage_price
+
+    if getattr(stage.config, "checkpoint_dir", None) is not None:
+        stage.config = stamps.start_fine_tune(stage, stamp, st)
+    else:
+        stage.config = dataclasses.replace(stage.config, force=True)  # replaces an output that no longer matches
+    with stage_price(price):
+        stage.run()
+    stamps.write(stage.output, stamp)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -30,14 +30,16 @@ from posinterp.evals.perplexity import PerplexityConfig
 from posinterp.model.extend import ExtendConfig
 from posinterp.train.config import TrainConfig
 
-METHOD_TITLES = {"pi": "PI", "yarn": "YaRN", "ntk": "NTK-aware", "dynamic": "dynamic NTK", "none": "no PI"}
+METHOD_TITLES = {"pi": "PI", "yarn": "YaRN", "ntk": "NTK-aware", "dynamic": "dynamic NTK", "llama3": "Llama 3 scaling",
+                 "none": "no PI"}
 """Rope methods a row can use, as the report names them (`none`: RoPE unchanged)."""
 
-FINE_TUNED = {"pi_ft": "pi", "yarn_ft": "yarn", "ntk_ft": "ntk", "dynamic_ft": "dynamic", "nopi_ft": "none"}
+FINE_TUNED = {"pi_ft": "pi", "yarn_ft": "yarn", "ntk_ft": "ntk", "dynamic_ft": "dynamic", "llama3_ft": "llama3",
+              "nopi_ft": "none"}
 """Equal-budget rows: `<method>_ft` → the rope method fine-tuned with the recipe's `train` settings."""
 
 ROWS = ("original", "extrapolation", "pi", "pi_ft", "yarn", "yarn_ft", "ntk", "ntk_ft", "dynamic", "dynamic_ft",
-        "nopi_ft")
+        "llama3", "llama3_ft", "nopi_ft")
 """Rows of the before/after table; a recipe's `eval.rows` picks some, in its own order."""
 
 DEFAULT_ROWS = ("original", "extrapolation", "pi", "pi_ft", "nopi_ft", "yarn")
@@ -57,6 +59,8 @@ ROW_TITLES = {
     "ntk_ft": "NTK-aware, fine-tuned",
     "dynamic": "dynamic NTK, no fine-tuning",
     "dynamic_ft": "dynamic NTK, fine-tuned",
+    "llama3": "Llama 3 scaling, no fine-tuning",
+    "llama3_ft": "Llama 3 scaling, fine-tuned",
     "nopi_ft": "fine-tuned without PI (same steps, same data)",
 }
 

@@ -17,10 +17,14 @@ from posinterp.run.recipe import FINE_TUNED, METHOD_TITLES, ROW_TITLES, Recipe, 
 class Stage:
     name: str
     output: Path
-    action: Callable[[], object]
+    verb: Callable[[Any], object]
     describe: str
     config: Any = None
-    """The verb's config dataclass the action runs with."""
+    """The verb's config dataclass the stage runs with (its fields that change the result are its stamp's
+    settings, `run/stamps.py`)."""
+
+    def run(self) -> object:
+        return self.verb(self.config)
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,13 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
     ext = dataclasses.replace(recipe.extend, model=recipe.model, out=run_dir / "extended", force=True)
     stages = []
     if any(str(ext.out) in (row.model, getattr(row.train, "model", None)) for row in rows):
-        stages.append(Stage("extend", ext.out, _bind(extend, ext),
+        stages.append(Stage("extend", ext.out, extend,
                             f"extend {recipe.model} ×{sc.factor:g} ({ext.method})", ext))
     for row in rows:
         if row.train is not None:
             method = FINE_TUNED[row.name]
             how = "without PI (RoPE unchanged)" if method == "none" else f"with {METHOD_TITLES[method]}"
-            stages.append(Stage(f"train ({METHOD_TITLES[method]})", row.train.out, _bind(train, row.train),
+            stages.append(Stage(f"train ({METHOD_TITLES[method]})", row.train.out, train,
                                 f"fine-tune {how}, same steps and data: {_train_summary(recipe)}", row.train))
     windows = sorted(recipe.eval.windows)
     lengths = sorted(recipe.eval.passkey_lengths or windows)
@@ -129,26 +133,17 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
         if row_windows:
             cfg = dataclasses.replace(recipe.eval.ppl, out=out / "ppl", windows=",".join(map(str, row_windows)),
                                       stride=",".join(str(stride_of[w]) for w in row_windows), **common)
-            stages.append(Stage(f"ppl {row.name}", cfg.out, _bind(perplexity, cfg),
+            stages.append(Stage(f"ppl {row.name}", cfg.out, perplexity,
                                 f"perplexity of {ROW_TITLES[row.name]} at {row_windows}", cfg))
         if row_lengths and recipe.eval.passkey is not None:
             cfg = dataclasses.replace(recipe.eval.passkey, out=out / "passkey",
                                       lengths=",".join(map(str, row_lengths)), **common)
-            stages.append(Stage(f"passkey {row.name}", cfg.out, _bind(passkey, cfg),
+            stages.append(Stage(f"passkey {row.name}", cfg.out, passkey,
                                 f"passkey of {ROW_TITLES[row.name]} at {row_lengths}", cfg))
     return stages
-
-
-def _bind(fn: Callable[[Any], object], cfg: Any) -> Callable[[], object]:
-    return lambda: fn(cfg)
 
 
 def _train_summary(recipe: Recipe) -> str:
     keys = ("steps", "seq_len", "batch_size", "grad_accum", "lr", "data")
     given = recipe.given.get("train") or {}
     return ", ".join(f"{k}={getattr(recipe.train, k)}" for k in keys if k in given) or "defaults"
-
-
-def stage_done(stage: Stage) -> bool:
-    out = stage.output
-    return out.is_dir() and any(out.iterdir())

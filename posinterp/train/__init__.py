@@ -2,7 +2,8 @@
 
 Owns: `config` (`TrainConfig`), `setup` (plan, accelerate, optimizer, data), `model_setup` (rope, LoRA,
 checkpointing, the loss module), `loop` (steps, saving, the `train` verb), `loss` (chunked cross-entropy),
-`checkpoint` (save, resume, prune), `metrics` (metrics.jsonl) and `during` (evaluations every N steps).
+`checkpoint` (save, resume, prune), `metrics` (metrics.jsonl), `during` (evaluations every N steps) and
+`positions` (PoSE's skipped position ids, `--positions pose`).
 
 May import: the shared core, `posinterp.model`, `posinterp.data`, `posinterp.evals` and `posinterp.theory`.
 

@@ -13,12 +13,14 @@ from posinterp.cli import arg
 from posinterp.errors import PosinterpError
 from posinterp.machine import PRECISIONS
 from posinterp.model.loader import ModelArgs
+from posinterp.train import positions as _positions
 from posinterp.train.loss import DEFAULT_CHUNK
 
 IDENTITY = ("model", "rope", "original_length", "allow_beyond_window", "data", "split", "text_field", "seq_len", "seed", "shuffle_buffer",
             "global_batch", "lr", "schedule", "warmup", "warmup_from", "min_lr_ratio", "beta1", "beta2",
             "weight_decay", "grad_clip", "precision", "lora", "lora_rank", "lora_alpha", "lora_targets",
-            "lora_trainable", "task", "document_field", "summary_field", "max_input_tokens", "max_summary_tokens")
+            "lora_trainable", "task", "document_field", "summary_field", "max_input_tokens", "max_summary_tokens",
+            "positions", "pose_chunks")
 """Settings a resumed run must share with its checkpoint (else it would not continue the same run)."""
 
 
@@ -47,6 +49,12 @@ class TrainConfig(ModelArgs):
     allow_beyond_window: bool = arg(False, help="train at a --seq-len beyond the model's window with its RoPE "
                                                 "unchanged (the paper's direct fine-tuning baseline); the "
                                                 "written checkpoint's window is raised to --seq-len")
+    positions: str = arg("plain", help="position ids of the training sequences: plain (0 … seq-len − 1, the paper's "
+                                       "fine-tune) or pose (PoSE, Zhu et al. 2023: --pose-chunks chunks whose ids skip "
+                                       "within the model's window after --rope, so a --seq-len below it trains every "
+                                       "distance up to the window); evaluation always uses plain ids",
+                         choices=_positions.MODES)
+    pose_chunks: int = arg(_positions.DEFAULT_CHUNKS, help="--positions pose: chunks per sequence (paper: 2)")
     steps: int = arg(1000, help="optimizer steps (paper: 1000)")
     batch_size: int = arg(1, help="sequences per process per micro-step")
     grad_accum: int = arg(1, help="micro-steps per optimizer step; global batch = batch-size × grad-accum × processes")
@@ -117,6 +125,7 @@ class TrainConfig(ModelArgs):
                 raise PosinterpError(f"--{name.replace('_', '-')} {value} must be at least 1")
         if self.seq_len is not None and int(self.seq_len) < 2:
             raise PosinterpError(f"--seq-len {self.seq_len} must be at least 2 tokens")
+        _positions.check(self.positions, self.pose_chunks, self.task, self.seq_len)  # the window: in setup.plan
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise PosinterpError(f"--lr {self.lr} must be a positive finite number, e.g. --lr 2e-5")
         if self.warmup < 0 or self.save_every < 0:

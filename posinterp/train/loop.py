@@ -4,6 +4,7 @@
     posinterp train smollm2-135m --rope pi:2 --seq-len 4096 --steps 30 --lr 1e-4 --out runs/smollm2-16k-ft
     posinterp train ... --resume        # after a crash, a kill or Ctrl-C: the identical batch sequence continues
     posinterp train ... --lora          # LoRA on attention, embeddings and norms trainable (LongLoRA)
+    posinterp train smollm2-135m --rope pi:4 --seq-len 2048 --positions pose --out runs/pose-ft   # PoSE
     posinterp train runs/smollm2-16k --task summarize --data govreport/ --seq-len 16384 --out runs/sum-ft
     accelerate launch --config_file recipes/accelerate/fsdp.yaml -m posinterp train ...
 
@@ -13,6 +14,9 @@ autocast over fp32 master weights. Sequences are packed documents of exactly `--
 (`posinterp.data.packing`); the loss never holds the full logits (`posinterp.train.loss`). Checkpoints
 (`posinterp.train.checkpoint`) go to `<out>-checkpoints/`; the final `--out` is a standard extended
 checkpoint, loadable by plain `AutoModelForCausalLM.from_pretrained`.
+
+`--positions pose` trains PoSE instead (`posinterp.train.positions`): the same packed sequences, shorter
+than the window, with position ids that skip within it; evaluation keeps plain ids.
 
 `--task summarize` fine-tunes on (document, summary) pairs instead (`posinterp.data.sft`): the paper's
 prompt, the document cut to fit `--seq-len`, the loss on the summary tokens only; one example per
@@ -73,31 +77,40 @@ class _Interrupt:
             signal.signal(sig, handler)
 
 
-def micro_batches(cfg: TrainConfig, everyone: list, rank: int, world: int, pad_id: int | None) -> tuple[list, int]:
-    """(this process's micro-batches as (ids, labels|None, weight), tokens of the global batch).
+def micro_batches(cfg: TrainConfig, everyone: list, rank: int, world: int, pad_id: int | None, *, step: int = 0,
+                  window: int | None = None) -> tuple[list, int]:
+    """(this process's micro-batches as (ids, labels|None, weight, position ids|None), tokens of the global batch).
 
     Each micro-batch's mean loss is weighted by its share of the global batch's scored tokens (× processes,
     since DDP averages gradients over them), so the loss and gradient do not depend on how the global batch
     is split into processes and micro-batches. Packed lm sequences all score seq_len − 1 tokens: the
-    weight is 1 / grad_accum.
+    weight is 1 / grad_accum. With --positions pose each sequence's ids are drawn from (seed, `step`, its
+    place in the global batch) within `window` (`posinterp.train.positions`); plain ids are None.
     """
     import numpy as np
     import torch
 
     from posinterp.data import sft
     from posinterp.data.packing import shard
+    from posinterp.train import positions
 
-    mine = shard(everyone, rank, world)  # this process's sequences
+    mine = shard(everyone, rank, world)  # this process's sequences; mine[k] is everyone[rank + k·world]
     if cfg.task != "summarize":
         batch = torch.from_numpy(np.stack(mine).astype(np.int64))  # (B·accum, T)
-        return [(batch[i:i + cfg.batch_size], None, 1.0 / cfg.grad_accum)
-                for i in range(0, len(mine), cfg.batch_size)], len(everyone) * len(everyone[0])
+        out = []
+        for i in range(0, len(mine), cfg.batch_size):
+            ids = batch[i:i + cfg.batch_size]
+            pos = None if cfg.positions == "plain" else positions.batch(
+                ids.shape[1], window, cfg.pose_chunks, seed=cfg.seed, step=step,
+                indices=[rank + k * world for k in range(i, i + len(ids))])  # (B, T)
+            out.append((ids, None, 1.0 / cfg.grad_accum, pos))
+        return out, len(everyone) * len(everyone[0])
     scored = sum(sft.scored_tokens(example) for example in everyone)
     out = []
     for i in range(0, len(mine), cfg.batch_size):
         chunk = mine[i:i + cfg.batch_size]
         ids, labels = sft.collate(chunk, pad_id)
-        out.append((ids, labels, world * sum(sft.scored_tokens(e) for e in chunk) / max(1, scored)))
+        out.append((ids, labels, world * sum(sft.scored_tokens(e) for e in chunk) / max(1, scored), None))
     return out, sum(len(ids) for ids, _ in everyone)
 
 
@@ -130,13 +143,14 @@ def train_step(s: Session, step: int) -> dict:
     cfg, acc, world = s.cfg, s.accelerator, s.accelerator.num_processes
     t0 = time.perf_counter()
     batches, step_tokens = micro_batches(cfg, s.stream.take(s.settings["global_batch"]), acc.process_index,
-                                         world, s.pad_id)
+                                         world, s.pad_id, step=step, window=s.plan.model_window)
     total = torch.zeros((), device=acc.device)
-    for micro, (ids, labels, weight) in enumerate(batches):  # ids, labels: (B, T)
+    for micro, (ids, labels, weight, pos) in enumerate(batches):  # ids, labels, pos: (B, T)
         ids = ids.to(acc.device)
         labels = labels.to(acc.device) if labels is not None else None
+        extra = {} if pos is None else {"position_ids": pos.to(acc.device)}  # plain: the model's own 0 … T−1
         with acc.no_sync(s.module) if micro < len(batches) - 1 else _nullcontext():
-            loss = s.module(ids, labels) * weight
+            loss = s.module(ids, labels, **extra) * weight
             acc.backward(loss)
         total += loss.detach().float()
     loss_value = float(acc.reduce(total, reduction="mean" if cfg.task != "summarize" else "sum"))
@@ -245,7 +259,7 @@ def _summary(cfg: TrainConfig, s: dict, start: int, resumed_from: str | None, to
             "processes": s["processes"], "distributed": s["distributed"], "distributed_note": s["distributed_note"],
             "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "targets": cfg.lora_targets,
                      "trainable": cfg.lora_trainable} if cfg.lora else None,
-            "eval_every": cfg.eval_every or None,
+            "eval_every": cfg.eval_every or None, "pose": s.get("pose"),
             "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
             "wall_s_this_run": round(wall, 1), "checkpoint_dir": str(cfg.checkpoint_dir)}
 

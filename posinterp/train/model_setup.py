@@ -126,15 +126,22 @@ def _loss_module(lm: Any, chunk: int) -> Any:
             self.plain = (head is None or getattr(head, "bias", None) is not None
                           or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
 
-        def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-            """Mean next-token loss; `labels` (IGNORE_INDEX where not scored) default to input_ids."""
+        def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
+            """Mean next-token loss; `labels` (IGNORE_INDEX where not scored) default to input_ids;
+            `position_ids` (B, T) replace 0 … T−1 (`--positions pose`), None leaves the model's own."""
             from posinterp.train import loss
 
             hf = hf_model(self.lm)
+            # with position ids, an all-ones mask: without a mask transformers reads each jump in the ids as
+            # the start of another packed sequence and masks the chunks off from each other
+            extra = {} if position_ids is None else {"position_ids": position_ids,
+                                                     "attention_mask": torch.ones_like(input_ids)}
             if self.plain:  # output bias, softcapping or logit scaling: use the model's own loss
-                return hf(input_ids=input_ids, labels=input_ids if labels is None else labels, use_cache=False).loss
+                return hf(input_ids=input_ids, labels=input_ids if labels is None else labels, use_cache=False,
+                          **extra).loss
             decoder = getattr(hf, hf.base_model_prefix)
-            hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+            hidden = decoder(input_ids=input_ids, use_cache=False, **extra).last_hidden_state  # (B, T, H)
             return loss.causal_lm_loss(hidden, hf.get_output_embeddings().weight, input_ids, chunk=chunk,
                                        labels=labels)
 

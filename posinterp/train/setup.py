@@ -95,7 +95,7 @@ def plan(cfg: TrainConfig) -> Plan:
     from posinterp.data import sft, summaries
     from posinterp.data.corpus import describe
     from posinterp.model import loader, refs
-    from posinterp.train import checkpoint
+    from posinterp.train import checkpoint, positions
 
     check_out(cfg.out, cfg.force)
     check_kind(cfg.checkpoint_dir, "--checkpoint-dir", "folder")
@@ -106,6 +106,7 @@ def plan(cfg: TrainConfig) -> Plan:
         raise PosinterpError(f"--seq-len {seq_len} exceeds the model's window {model_window}; extend it first "
                              f"(posinterp extend --target-length {seq_len}) or pass --rope pi:S, or lower --seq-len "
                              "(or --allow-beyond-window for direct fine-tuning with RoPE unchanged)")
+    positions.check(cfg.positions, cfg.pose_chunks, cfg.task, seq_len, model_window)  # PoSE needs room to skip
     resume_dir = checkpoint.latest(cfg.checkpoint_dir) if cfg.resume else None
     if not cfg.resume and checkpoint.scan(cfg.checkpoint_dir)[0] and not cfg.force:
         raise PosinterpError(f"--checkpoint-dir {cfg.checkpoint_dir} already holds checkpoints of a run; "
@@ -122,6 +123,30 @@ def plan(cfg: TrainConfig) -> Plan:
 
     corpus.check(cfg.data, split=cfg.split, text_field=cfg.text_field)  # damaged files: refused before loading
     return Plan(source, config, seq_len, model_window, resume_dir, describe(cfg.data, cfg.split))
+
+
+def count_corpus(cfg: TrainConfig, p: Plan) -> dict | None:
+    """--task lm: the corpus counted once (`corpus.composition`, token counts cached on disk) and refused in one
+    line when one pass over it cannot fill one sequence (packing would repeat the same text to fill it)."""
+    if cfg.task != "lm":
+        return None
+    from posinterp.data import corpus
+    from posinterp.model import refs
+
+    rows = corpus.composition(cfg.data, cfg.split, refs.load_tokenizer(p.source), text_field=cfg.text_field)
+    corpus.check_fills(rows, cfg.data, cfg.split, p.seq_len)
+    return rows
+
+
+def _passes(cfg: TrainConfig, p: Plan, s: dict, counted: dict | None) -> dict:
+    """The passes over the data (epochs) of the whole run: steps × global batch × seq_len / the tokens of one
+    pass (--task lm), or steps × global batch / pairs (--task summarize)."""
+    from posinterp.data import corpus
+
+    if counted is None:
+        return {"epochs": cfg.steps * s["global_batch"] / len(p.pairs), "pairs": len(p.pairs)}
+    total = corpus.stream_tokens(counted)
+    return {"epochs": cfg.steps * s["global_batch"] * p.seq_len / total, "corpus_tokens": total}
 
 
 def setup_accelerator(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -230,11 +255,12 @@ class Session:
 
 def setup(cfg: TrainConfig) -> Session:
     """Plan, accelerator, model, optimizer, resumed state and data: the loop's `Session`."""
-    from posinterp.data import corpus, sources
+    from posinterp.data import corpus
     from posinterp.model.export import read_provenance
     from posinterp.train import checkpoint, during
 
     p = plan(cfg)
+    counted = count_corpus(cfg, p)  # still before any work: a corpus too short for one sequence is refused
     accelerator, precision = setup_accelerator(cfg)
     main = accelerator.is_main_process
     if cfg.force and not cfg.resume and main:
@@ -245,6 +271,7 @@ def setup(cfg: TrainConfig) -> Session:
     module, tokenizer, facts = setup_model(cfg, p, accelerator)
     module, optimizer, scheduler, params = setup_optimizer(cfg, module, accelerator)
     settings = _settings(cfg, p, accelerator, precision, facts, module, params)
+    settings.update(_passes(cfg, p, settings, counted))
     start, tokens, data_state, resumed_from = 0, 0, None, None
     if p.resume_dir is not None:
         _check_resume(checkpoint.read_settings(p.resume_dir), settings, p.resume_dir)
@@ -253,8 +280,8 @@ def setup(cfg: TrainConfig) -> Session:
         start, tokens, data_state = int(state["step"]), int(state["tokens"]), state["data"]
         resumed_from = str(p.resume_dir)
         log.info("resuming from %s (step %d)", p.resume_dir, start)
-    if cfg.task == "lm" and cfg.data in sources.BUILTIN and main:
-        log.info("data composition: %s", corpus.format_composition(corpus.composition(cfg.data, cfg.split, tokenizer)))
+    if counted is not None and main:
+        log.info("data composition: %s", corpus.format_composition(counted))
     stream = setup_data(cfg, p, tokenizer, data_state)
     provenance = _provenance(cfg, p.source, read_provenance(p.source.folder), facts["rope_info"],
                              hf_model(accelerator.unwrap_model(module).lm).config)
@@ -276,6 +303,7 @@ def _settings(cfg: TrainConfig, p: Plan, accelerator: Any, precision: Any, facts
     import torch
 
     from posinterp.model.rope import rope_parameters
+    from posinterp.train.positions import describe as describe_positions
     from posinterp.versions import versions
 
     world = accelerator.num_processes
@@ -294,6 +322,7 @@ def _settings(cfg: TrainConfig, p: Plan, accelerator: Any, precision: Any, facts
             "activation_checkpointing": facts["activation_checkpointing"],
             "activation_checkpointing_why": facts["activation_checkpointing_why"], "attn": facts["attn"],
             "model_window": p.model_window, "rope_parameters": rope_parameters(hf.config),
+            "pose": describe_positions(cfg.positions, cfg.pose_chunks, p.seq_len, p.model_window),
             "trainable_parameters": sum(x.numel() for x in params),
             "data_description": p.data_description, "versions": versions(),
             "checkpoint_dir": str(cfg.checkpoint_dir)}
@@ -302,10 +331,14 @@ def _settings(cfg: TrainConfig, p: Plan, accelerator: Any, precision: Any, facts
 def _log_start(cfg: TrainConfig, s: dict) -> None:
     log.info("training %s: %s, %d steps × %d sequences × %d tokens (global batch %d = %d × %d × %d processes), "
              "lr %g %s, precision %s, activation checkpointing %s (%s), attention %s, %d trainable parameters; "
-             "data %s", cfg.model, s["processes_in_words"], cfg.steps, s["global_batch"], s["seq_len"], s["global_batch"],
-             cfg.batch_size, cfg.grad_accum, s["processes"], cfg.lr, cfg.schedule, s["precision"],
-             "on" if s["activation_checkpointing"] else "off", s["activation_checkpointing_why"], s["attn"],
-             s["trainable_parameters"], s["data_description"])
+             "data %s: %s epochs (passes over its %s)", cfg.model, s["processes_in_words"], cfg.steps,
+             s["global_batch"], s["seq_len"], s["global_batch"], cfg.batch_size, cfg.grad_accum, s["processes"], cfg.lr,
+             cfg.schedule, s["precision"], "on" if s["activation_checkpointing"] else "off",
+             s["activation_checkpointing_why"], s["attn"], s["trainable_parameters"], s["data_description"],
+             f"{s['epochs']:.3g}" if s["epochs"] < 1000 else f"{s['epochs']:,.0f}",
+             f"{s['corpus_tokens']:,} tokens" if "corpus_tokens" in s else f"{s['pairs']:,} pairs")
+    if s.get("pose"):
+        log.info("%s", s["pose"]["note"])
 
 
 def _log_expected(cfg: TrainConfig, s: dict, config: Any, precision: str, start: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 
 import pytest
 
@@ -178,6 +179,7 @@ class WordTokenizer:
 
 def test_mix_composition_lists_sources_counts_tokens_and_caches(small_mix, tmp_path, monkeypatch):
     monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(corpus, "CACHE_MIN_CHARS", 0)  # this small mix's counts are cached too
     rows = corpus.composition("mix", "train", WordTokenizer())
     assert list(rows) == ["gutenberg", "stdlib", "pydoc"]
     train = load_documents("mix", split="train")
@@ -216,3 +218,47 @@ def test_pydoc_fallback_is_long_and_split():
     train = load_documents("pydoc", split="train")
     assert test and train and all(len(d.text) > 50_000 for d in train)
     assert not {d.name for d in test} & {d.name for d in train}
+
+
+def test_a_corpus_past_the_memory_bound_is_read_again_to_count_it(small_mix, tmp_path, monkeypatch):
+    """Counting holds the texts it read up to COUNT_IN_MEMORY_CHARS; past it, the count re-reads them: same counts."""
+    (tmp_path / "notes.txt").write_text("one two three\n\nfour five")
+    spec = f"mix,{tmp_path / 'notes.txt'}"
+    monkeypatch.setattr(corpus, "CACHE_MIN_CHARS", 0)
+    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path / "held"))
+    held = corpus.composition(spec, "train", WordTokenizer())
+    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path / "read-again"))
+    monkeypatch.setattr(corpus, "COUNT_IN_MEMORY_CHARS", 10)
+    assert corpus.composition(spec, "train", WordTokenizer()) == held
+    assert held[str(tmp_path / "notes.txt")] == {"documents": 1, "characters": 24, "tokens": 5}
+    calls = WordTokenizer.calls
+    assert corpus.composition(spec, "train", WordTokenizer()) == held and WordTokenizer.calls == calls  # cached
+
+
+def test_a_small_corpus_count_is_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("POSINTERP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "a.txt").write_text("alpha beta")
+    assert corpus.composition(str(tmp_path / "a.txt"), tokenizer=WordTokenizer())[str(tmp_path / "a.txt")]["tokens"] == 2
+    assert not (tmp_path / "cache").exists()  # a corpus refused as too short leaves nothing behind
+
+
+def test_stream_tokens_is_one_epoch_of_packing_and_a_corpus_short_of_a_sequence_is_refused(tmp_path):
+    from posinterp.data.packing import PackedSequences
+    from posinterp.data.tokens import encoder
+
+    texts = ["one two three", "four five", "six"]
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(text)
+    spec = str(tmp_path / "*.txt")
+    rows = corpus.composition(spec, "train", WordTokenizer())
+    total = corpus.stream_tokens(rows)
+    assert total == 6 + 3  # each document's words plus its EOS
+    stream = PackedSequences(lambda: texts, encoder(WordTokenizer()), 1, seq_len=total)
+    assert len(stream.take(1)[0]) == total and stream.state()["carry"] == []  # exactly one sequence, nothing over
+    corpus.check_fills(rows, spec, "train", total)  # one pass fills one sequence: trains
+    with pytest.raises(PosinterpError, match=rf"^--data {re.escape(spec)} holds 9 tokens \(3 documents, EOS included\), fewer "
+                                             r"than the 10 one sequence needs \(--seq-len 10\); give more text or a "
+                                             r"lower --seq-len$"):
+        corpus.check_fills(rows, spec, "train", 10)
+    with pytest.raises(PosinterpError, match=r"^--data pydoc --split test holds 4 tokens \(1 document, EOS"):
+        corpus.check_fills({"pydoc": {"documents": 1, "characters": 9, "tokens": 3}}, "pydoc", "test", 64)

@@ -123,6 +123,49 @@ def test_refuses_existing_scaling(tiny_dir, tmp_path, existing):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("rope", [
+    {"rope_parameters": {"rope_type": "foo", "factor": 2.0, "rope_theta": 10000.0}},
+    {"rope_parameters": None, "rope_scaling": {"type": "foo", "factor": 2.0}, "rope_theta": 10000.0},
+    {"rope_parameters": None, "rope_scaling": {"rope_type": "foo", "factor": 2.0}, "rope_theta": 10000.0},
+], ids=["rope_parameters", "legacy-type", "legacy-rope_type"])
+def test_refuses_unknown_rope_type_in_the_source(tiny_dir, tmp_path, rope):
+    """A rope_type transformers does not know was replaced silently by PI's; now refused, nothing written."""
+    src = tiny_dir()
+    cfg = {k: v for k, v in json.loads((src / "config.json").read_text()).items() if k != "rope_parameters"}
+    (src / "config.json").write_text(json.dumps({**cfg, **{k: v for k, v in rope.items() if v is not None}}))
+    with pytest.raises(PosinterpError, match=r"rope_parameters\.rope_type \(rope_scaling\.type in older configs\) "
+                                             r"is 'foo'.*known: default, .*linear, llama3") as err:
+        extend(str(src), factor=2, out=tmp_path / "out")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists() and _no_temp_left(tmp_path)
+
+
+def test_llama3_writes_transformers_llama3_and_keeps_high_frequencies(tiny_dir, tmp_path):
+    """Llama 3.1's scaling at s = 2 from L = 256: the written model runs transformers' own llama3 frequencies (the
+    same logits as the weights under a by-hand llama3 config). Unlike PI it keeps the high frequencies (wavelength
+    under L/4) exactly as the source has them; the low ones move, so logits inside L are not the source's."""
+    src = tiny_dir()
+    out = extend(str(src), factor=2, method="llama3", out=tmp_path / "out")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["max_position_embeddings"] == 512 and cfg["rope_scaling"]["type"] == "llama3"
+    loaded = tf.AutoModelForCausalLM.from_pretrained(out).eval()
+    by_hand_cfg = tf.AutoConfig.from_pretrained(src)
+    by_hand_cfg.rope_parameters = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 2.0,
+                                   "original_max_position_embeddings": 256, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0}
+    by_hand_cfg.max_position_embeddings = 512
+    by_hand = tf.AutoModelForCausalLM.from_pretrained(src, config=by_hand_cfg).eval()
+    source = tf.AutoModelForCausalLM.from_pretrained(src).eval()
+    new, old = loaded.model.rotary_emb.inv_freq, source.model.rotary_emb.inv_freq
+    assert torch.equal(new[:3], old[:3]) and torch.allclose(new[4:], old[4:] / 2)  # wavelengths 6, 20, 63 < 64 kept
+    ids = torch.randint(0, 1000, (1, 200))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, by_hand(ids).logits)
+        assert not torch.allclose(loaded(ids).logits, source(ids).logits)
+    prov = json.loads((out / "posinterp.json").read_text())
+    assert prov["method"] == "llama3" and prov["rope_parameters"]["original_max_position_embeddings"] == 256
+
+
 def test_unknown_window_needs_original_length(tiny_dir, tmp_path):
     src = tiny_dir()
     cfg = json.loads((src / "config.json").read_text())
@@ -158,11 +201,11 @@ def test_failure_midway_leaves_nothing(tiny_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists() and _no_temp_left(tmp_path)
 
 
-@pytest.mark.parametrize("method", ["ntk", "dynamic", "yarn"])
+@pytest.mark.parametrize("method", ["ntk", "dynamic", "yarn", "llama3"])
 def test_other_methods_same_path(tiny_dir, tmp_path, method):
     out = extend(str(tiny_dir()), factor=2, method=method, out=tmp_path / method)
     loaded = tf.AutoModelForCausalLM.from_pretrained(out)
-    expected = {"ntk": "default", "dynamic": "dynamic", "yarn": "yarn"}[method]
+    expected = {"ntk": "default", "dynamic": "dynamic", "yarn": "yarn", "llama3": "llama3"}[method]
     assert loaded.config.rope_parameters["rope_type"] == expected
     assert json.loads((out / "posinterp.json").read_text())["method"] == method
 

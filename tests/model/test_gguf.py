@@ -8,6 +8,7 @@ transformers).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -69,6 +70,7 @@ def _copy_of(path):
     ("yarn", "q8_0", {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 2.0,
                       "llama.rope.scaling.original_context_length": 256}, 7),
     ("ntk", "f16", {}, 1),  # static NTK is only a new base: freq_base carries it
+    ("llama3", "f16", {}, 1),  # no GGUF scaling type: per-frequency divisors in the rope_freqs tensor
 ])
 def test_export_keys_match_the_checkpoint(extended, pi_gguf, tmp_path, method, outtype, scaling, file_type):
     ckpt = extended(method)
@@ -88,6 +90,14 @@ def test_export_keys_match_the_checkpoint(extended, pi_gguf, tmp_path, method, o
     assert again["context_length"] == 512 and again["rope.scaling.type"] == scaling.get("llama.rope.scaling.type")
     if method == "ntk":
         assert theta > THETA  # the NTK base, not the original θ
+    if method == "llama3":
+        # d = 16, θ = 5e4, L = 256: wavelengths 2π·θ^(j/8) = 6.3, 24, 94, 363, ...: under L/4 = 64 kept (1),
+        # over L interpolated (s = 2), 94 in the band: 1 / ((1 − r)/s + r) with r = (L/λ − 1)/(4 − 1)
+        r = (256 / (2 * math.pi * THETA ** (4 / 16)) - 1) / 3
+        divisors = [1.0, 1.0, 1 / ((1 - r) / 2 + r)] + [2.0] * 5
+        assert keys["rope_freqs.weight"] == pytest.approx(divisors, rel=1e-6) == again["rope_freqs.weight"]
+    else:
+        assert "rope_freqs.weight" not in keys and again["rope_freqs.weight"] is None
 
 
 def test_dynamic_refused_before_conversion(extended, tmp_path, monkeypatch):
@@ -101,6 +111,9 @@ def test_dynamic_refused_before_conversion(extended, tmp_path, monkeypatch):
 @pytest.mark.parametrize("method,factor,match", [
     ("yarn", 2, "llama.rope.scaling.type 'linear' ≠ 'yarn'"),
     ("pi", 4, "llama.context_length 512 ≠ 1024; .*llama.rope.scaling.factor 2.0 ≠ 4.0"),
+    # a converter that writes llama3 as no scaling at all (what its non-Llama architectures do): plain RoPE at L'
+    ("llama3", 2, "llama.rope.scaling.type 'linear' ≠ None; .*tensor rope_freqs.weight absent ≠ llama3's "
+                  r"\[1, 1, 1.27, 2, 2, 2, 2, 2\]"),
 ])
 def test_disagreeing_gguf_refused_and_removed(extended, pi_gguf, tmp_path, monkeypatch, method, factor, match):
     """A converter that writes other keys than the checkpoint says (here: the PI ×2 file) is caught."""
@@ -183,7 +196,7 @@ def _llama_perplexity():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pi", "yarn"])
+@pytest.mark.parametrize("method", ["pi", "yarn", "llama3"])
 def test_llama_cpp_scores_the_gguf_as_eval_ppl_does(extended, converter, tmp_path, smol_tokenizer, method):
     """llama.cpp's own perplexity tool on the exported GGUF (f32) against `posinterp eval ppl` on the checkpoint,
     on the same 2048 tokens, window 512 (the new one) and stride 256: the same tokens scored, within 0.1%."""

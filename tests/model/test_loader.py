@@ -161,3 +161,69 @@ def test_model_facts_are_read_strictly_from_a_loaded_config_too():
     with pytest.raises(PosinterpError, match="m.gguf: head_dim = 15 must be even"):
         check_facts(cfg(head_dim=15), "m.gguf")
     assert check_facts({"num_attention_heads": 4, "hidden_size": 64, "rope_theta": 1e4}, "config.json") is None
+
+
+class _NotATensor:
+    """Something a pickled checkpoint may hold besides tensors."""
+
+
+def _pickled(tiny_dir, extra, legacy: bool = False):
+    """A tiny model folder whose only weights are a pytorch_model.bin holding `extra` beside the tensors."""
+    from safetensors.torch import load_file
+
+    folder = tiny_dir()
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save({**state, **({"extra": extra} if extra is not None else {})}, folder / "pytorch_model.bin",
+               _use_new_zipfile_serialization=not legacy)
+    return folder
+
+
+@pytest.mark.parametrize("extra", [_NotATensor(), len], ids=["class instance", "function"])
+def test_a_pickle_holding_more_than_tensors_is_refused_in_one_line_at_resolve(tiny_dir, extra):
+    """torch's weights_only refusal is many lines; the one line names the file and the global it refused."""
+    folder = _pickled(tiny_dir, extra)
+    with pytest.raises(PosinterpError) as err:
+        refs.resolve(folder)
+    msg = str(err.value)
+    assert msg.startswith(f"{folder / 'pytorch_model.bin'}: not a plain tensor file (torch weights_only refused it: ")
+    assert msg.endswith("); convert it to safetensors") and "\n" not in msg
+    assert ("_NotATensor" if isinstance(extra, _NotATensor) else "GLOBAL len") in msg, msg
+
+
+def test_a_legacy_pickle_is_refused_in_one_line_as_it_loads(tiny_dir):
+    """A legacy-format file cannot be memory-mapped, so `resolve` lets it pass and `load_model` refuses it."""
+    folder = _pickled(tiny_dir, _NotATensor(), legacy=True)
+    ref = refs.resolve(folder)
+    with pytest.raises(PosinterpError, match=r"pytorch_model.bin: not a plain tensor file \(torch weights_only "
+                                             r"refused it: .*_NotATensor.*\); convert it to safetensors$"):
+        loader.load_model(ref, dtype=torch.float32)
+
+
+def test_plain_pickled_weights_load_and_a_cut_or_sharded_pickle_is_checked(tiny_dir, tmp_path):
+    import json
+    import os
+
+    folder = _pickled(tiny_dir, None)
+    model, _ = loader.load_model(refs.resolve(folder), dtype=torch.float32)  # tensors only: loads as before
+    assert sum(p.numel() for p in model.parameters()) > 0
+    os.truncate(folder / "pytorch_model.bin", (folder / "pytorch_model.bin").stat().st_size // 2)
+    with pytest.raises(PosinterpError, match=r"pytorch_model.bin is truncated or damaged \(.*zip archive"):
+        refs.resolve(folder)
+    (folder / "pytorch_model.bin").rename(folder / "pytorch_model-00001-of-00001.bin")
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "pytorch_model-00001-of-00001.bin", "b": "pytorch_model-00002-of-00002.bin"}}))
+    with pytest.raises(PosinterpError, match="lists the shard pytorch_model-00002-of-00002.bin, which is missing"):
+        refs.resolve(folder)
+
+
+def test_a_gguf_tokenizer_is_read_once_and_handed_out_as_copies(monkeypatch):
+    from transformers import AutoTokenizer
+
+    ref = refs.resolve("smollm2-135m")
+    first = refs.load_tokenizer(ref)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: pytest.fail("read the GGUF again"))
+    again = refs.load_tokenizer(ref)
+    assert again is not first and again("a few words").input_ids == first("a few words").input_ids
+    again.pad_token = again.eos_token  # a caller's change stays its own
+    assert refs.load_tokenizer(ref).pad_token == first.pad_token

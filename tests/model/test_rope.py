@@ -10,7 +10,15 @@ from conftest import make_tiny
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from posinterp.errors import PosinterpError
-from posinterp.model.rope import METHODS, RopeSpec, configure, parse_rope, window, write_legacy_keys
+from posinterp.model.rope import (
+    METHODS,
+    RopeSpec,
+    check_rope_type,
+    configure,
+    parse_rope,
+    window,
+    write_legacy_keys,
+)
 
 
 def _rotary(model):
@@ -59,7 +67,8 @@ def test_partial_rotary_neox_keeps_partial_factor():
 
 
 def test_method_table_maps_to_transformers_rope_types():
-    assert METHODS == {"none": "default", "pi": "linear", "ntk": "default", "dynamic": "dynamic", "yarn": "yarn"}
+    assert METHODS == {"none": "default", "pi": "linear", "ntk": "default", "dynamic": "dynamic", "yarn": "yarn",
+                       "llama3": "llama3"}
     for rope_type in set(METHODS.values()):
         assert rope_type in ROPE_INIT_FUNCTIONS or rope_type == "default"
 
@@ -78,8 +87,10 @@ def test_each_method_configures_and_runs():
         if method == "ntk":
             d = 16
             assert params["rope_theta"] == pytest.approx(10000.0 * 2.0 ** (d / (d - 2)))
-        if method == "yarn":
+        if method in ("yarn", "llama3"):
             assert params["original_max_position_embeddings"] == 64 and model.config.max_position_embeddings == 128
+        if method == "llama3":
+            assert (params["low_freq_factor"], params["high_freq_factor"]) == (1.0, 4.0)  # Llama 3.1's
         if method == "dynamic":
             assert model.config.max_position_embeddings == 64 and window(model.config) == 128
 
@@ -97,7 +108,8 @@ def test_linear_composes_and_others_refused():
 
 
 @pytest.mark.parametrize("text,expected", [("none", RopeSpec("none", 1.0)), ("pi:2", RopeSpec("pi", 2.0)),
-                                           ("yarn:4", RopeSpec("yarn", 4.0)), ("ntk:1.5", RopeSpec("ntk", 1.5))])
+                                           ("yarn:4", RopeSpec("yarn", 4.0)), ("ntk:1.5", RopeSpec("ntk", 1.5)),
+                                           ("llama3:8", RopeSpec("llama3", 8.0))])
 def test_parse_rope(text, expected):
     assert parse_rope(text) == expected
 
@@ -124,3 +136,59 @@ def test_legacy_keys_agree_and_alone_give_the_same_rope(tmp_path):
     assert reread.rope_parameters["rope_type"] == "linear"
     assert reread.rope_parameters["factor"] == 4.0
     assert reread.rope_parameters["rope_theta"] == 10000.0
+
+
+def test_llama3_inv_freq_is_transformers_function_and_keeps_high_frequencies():
+    """Window 256, d = 16, θ = 1e4: wavelengths 2π·1e4^(j/8) = 6.3, 19.9, 62.8 (under L/4 = 64: kept), 199
+    (the band: between θ_j and θ_j/s), 628 … 19869 (over L = 256: θ_j / s, as PI)."""
+    model = make_tiny("llama")
+    configure(model.config, RopeSpec("llama3", 4.0), 256)
+    assert model.config.rope_parameters == {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0,
+                                            "original_max_position_embeddings": 256, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0}
+    assert model.config.max_position_embeddings == 1024
+    inv, scale = ROPE_INIT_FUNCTIONS["llama3"](model.config, "cpu")
+    base = 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float32) / 16)
+    torch.testing.assert_close(inv[:3], base[:3])
+    torch.testing.assert_close(inv[4:], base[4:] / 4.0)
+    smooth = (256 * base[3] / (2 * torch.pi) - 1.0) / (4.0 - 1.0)  # periods in L, between the band's edges
+    torch.testing.assert_close(inv[3], (1 - smooth) * base[3] / 4.0 + smooth * base[3])
+    assert base[3] / 4.0 < inv[3] < base[3] and scale == 1.0
+    import transformers as tf
+
+    # the model's own rotary module runs these frequencies
+    torch.testing.assert_close(_rotary(tf.AutoModelForCausalLM.from_config(model.config)).inv_freq, inv)
+
+
+def test_llama3_legacy_keys_alone_give_the_same_rope(tmp_path):
+    """transformers 4.x reads llama3 from rope_scaling (type, factor, original window, both band factors)."""
+    import transformers as tf
+
+    model = make_tiny("llama")
+    configure(model.config, RopeSpec("llama3", 2.0), 256)
+    d = write_legacy_keys(model.config.to_dict())
+    assert d["rope_scaling"] == {"type": "llama3", "rope_type": "llama3", "factor": 2.0,
+                                 "original_max_position_embeddings": 256, "low_freq_factor": 1.0,
+                                 "high_freq_factor": 4.0}
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in d.items() if k != "rope_parameters"}))
+    reread = tf.AutoConfig.from_pretrained(tmp_path)
+    torch.testing.assert_close(ROPE_INIT_FUNCTIONS["llama3"](reread, "cpu")[0],
+                               ROPE_INIT_FUNCTIONS["llama3"](model.config, "cpu")[0])
+
+
+@pytest.mark.parametrize("method", ["none", "pi", "llama3"])
+def test_unknown_rope_type_refused_naming_the_key_and_the_known_types(method):
+    """A rope_type transformers has no function for would be replaced silently (or fail deep in loading)."""
+    model = make_tiny("llama")
+    model.config.rope_parameters = {"rope_type": "foo", "factor": 2.0, "rope_theta": 10000.0}
+    with pytest.raises(PosinterpError, match=r"rope_parameters\.rope_type .*'foo'.*known: default, .*llama3") as err:
+        configure(model.config, RopeSpec(method, 1.0 if method == "none" else 2.0), 256)
+    assert "\n" not in str(err.value)
+    assert model.config.rope_parameters["rope_type"] == "foo"  # untouched
+
+
+def test_known_rope_types_pass():
+    for rope_type in ["default", *ROPE_INIT_FUNCTIONS]:
+        model = make_tiny("llama")
+        model.config.rope_parameters = {"rope_type": rope_type, "rope_theta": 10000.0}
+        assert check_rope_type(model.config) == rope_type

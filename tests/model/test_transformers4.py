@@ -44,6 +44,7 @@ def test_transformers4_reads_extended_checkpoints(tiny_dir, tmp_path, side_pytho
     src = tiny_dir("llama", rope_parameters={"rope_type": "default", "rope_theta": THETA})
     pi = extend(str(src), factor=2, out=tmp_path / "pi")
     yarn = extend(str(src), factor=2, method="yarn", out=tmp_path / "yarn")
+    llama3 = extend(str(src), factor=2, method="llama3", out=tmp_path / "llama3")
     qwen = extend(str(tiny_dir("qwen2")), factor=2, out=tmp_path / "qwen2")  # keeps its own tokenizer class
     # damaged copies: 5.x's tokenizer class name; a v5-only config (no rope_scaling, no top-level rope_theta)
     bad_tok = shutil.copytree(pi, tmp_path / "bad-tokenizer")
@@ -55,12 +56,13 @@ def test_transformers4_reads_extended_checkpoints(tiny_dir, tmp_path, side_pytho
     (v5_only / "config.json").write_text(json.dumps(cfg))
 
     ids = torch.randint(0, 49152, (500,), generator=torch.Generator().manual_seed(0)).tolist()  # > original 256
-    report = compat_env.probe(side_python, [pi, yarn, qwen, bad_tok, v5_only], ids, TEXT, tmp_path / "probe")
+    report = compat_env.probe(side_python, [pi, yarn, llama3, qwen, bad_tok, v5_only], ids, TEXT, tmp_path / "probe")
     assert report["transformers"] == compat_env.TRANSFORMERS4 and report["torch"] == torch.__version__
-    seen = dict(zip(["pi", "yarn", "qwen2", "bad_tok", "v5_only"], report["checkpoints"]))
+    seen = dict(zip(["pi", "yarn", "llama3", "qwen2", "bad_tok", "v5_only"], report["checkpoints"]))
 
-    expected_scaling = {"pi": ("linear", None), "yarn": ("yarn", 256), "qwen2": ("linear", None)}
-    for name, folder in [("pi", pi), ("yarn", yarn), ("qwen2", qwen)]:
+    expected_scaling = {"pi": ("linear", None), "yarn": ("yarn", 256), "llama3": ("llama3", 256),
+                        "qwen2": ("linear", None)}
+    for name, folder in [("pi", pi), ("yarn", yarn), ("llama3", llama3), ("qwen2", qwen)]:
         entry = seen[name]
         assert not {"config_error", "tokenizer_error", "model_error"} & set(entry), entry
         config = entry["config"]
@@ -68,6 +70,8 @@ def test_transformers4_reads_extended_checkpoints(tiny_dir, tmp_path, side_pytho
         scaling = config["rope_scaling"]
         assert (scaling.get("type") or scaling.get("rope_type")) == rope_type and scaling["factor"] == 2.0, name
         assert scaling.get("original_max_position_embeddings") == original, name
+        if name == "llama3":  # Llama 3.1's band edges, read by 4.x as written
+            assert (scaling["low_freq_factor"], scaling["high_freq_factor"]) == (1.0, 4.0)
         assert config["rope_theta"] == json.loads((folder / "config.json").read_text())["rope_parameters"]["rope_theta"]
         assert config["max_position_embeddings"] == 512
         tok5, logits5 = _five(folder, ids)

@@ -457,9 +457,13 @@ def test_eval_every_logs_curves_without_changing_the_run(tiny_dir, tmp_path):
     # the heads figures come from theory_heads' own measure/figures: at step 0 they equal the verb's
     from posinterp.theory import heads
 
-    keys = {"length", "previous_token_heads", "previous_token_mass_1", "previous_token_mass_2", "induction_1",
+    keys = {"length", "previous_token_heads", "previous_token_mass_1", "previous_token_mass_2",
+            "previous_token_profile", "previous_token_peaks", "induction_1",
             "induction_2", "copy_1", "copy_2", "repeat_loss", "teacher_forced_digit_accuracy"}
     assert all(set(r["heads"]) == keys and r["heads"]["length"] == 128 for r in evals)
+    # the followed heads' mean mass at every offset 0..MAX_OFFSET, plus the first key and the rest
+    assert all(len(r["heads"]["previous_token_profile"]) == heads.MAX_OFFSET + 3 for r in evals
+               if r["heads"]["previous_token_profile"] is not None)
     assert evals[0]["heads"]["repeat_loss"] != evals[-1]["heads"]["repeat_loss"]  # it moves with training
     verb = heads.heads(model, length=128, data="pydoc", device="cpu", dtype="float32")
     step0 = {k: v for k, v in evals[0]["heads"].items() if k != "length"}

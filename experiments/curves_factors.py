@@ -28,7 +28,7 @@ import json
 import time
 from pathlib import Path
 
-from curves_1000 import EVAL, MODEL, REFERENCE, TRAIN, curve, done_steps, plot, reference
+from curves_1000 import EVAL, MODEL, REFERENCE, TRAIN, curve, done_steps, reference
 from runner import flags, machine, posinterp, sh  # experiments/, beside this script
 
 ROWS = {
@@ -91,6 +91,67 @@ def table(curves: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def factor(c: dict) -> int:
+    return int(str(c["rope"]).split(":")[1]) if ":" in str(c["rope"]) else 1
+
+
+def at_offset(p: dict, s: int) -> float | None:
+    """The followed previous-token heads' mean mass at offset s (the profile; ×2's committed curve has mass_2)."""
+    h = p.get("heads") or {}
+    prof = h.get("previous_token_profile")
+    if prof is not None and s < len(prof) - 2:
+        return prof[s]
+    return h.get(f"previous_token_mass_{s}")
+
+
+def peak(p: dict) -> int | None:
+    """Where the followed previous-token heads' mean profile peaks (offsets 1..K; 0 is the token itself)."""
+    prof = (p.get("heads") or {}).get("previous_token_profile")
+    if not prof:
+        return None
+    body = prof[1:-2]  # offsets 1..K (the last two buckets: the first key and the rest)
+    return 1 + max(range(len(body)), key=body.__getitem__)
+
+
+def plot_steps(curves: list[dict], path: Path, reference: dict | None) -> None:
+    """Against optimizer steps, one line per row: passkey, induction +1, the previous-token heads' mass at
+    offset 1 and at offset s (the factor), where their mean profile peaks, and perplexity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("passkey accuracy (512 and 1024 tokens, 10 keys each)", lambda c, p: p["passkey_mean"]),
+              ("induction mass at +1 (copy heads, repeated tokens)", lambda c, p: (p["heads"] or {}).get("induction_1")),
+              ("previous-token heads: mass at offset 1", lambda c, p: at_offset(p, 1)),
+              ("previous-token heads: mass at offset s (the factor)", lambda c, p: at_offset(p, factor(c))),
+              ("previous-token heads: peak of their mean profile", lambda c, p: peak(p)),
+              ("held-out perplexity (window 1024)", lambda c, p: p["ppl"])]
+    refs = {0: None, 1: "induction_1", 2: "previous_token_mass_1"}
+    fig, axes = plt.subplots(3, 2, figsize=(11, 11))
+    for i, c in enumerate(curves):
+        for ax, (title, get) in zip(axes.ravel(), panels, strict=True):
+            pts = [(p["step"], v) for p in c["points"] if (v := get(c, p)) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="os^Dvx"[i % 6], ms=4, lw=1.2, ls=("-", "--", ":", "-.")[i % 4],
+                        color=f"C{i}", label=f"{c['row']} ({c['rope']})")
+            ax.set(title=title, xlabel="optimizer steps (1024 tokens each)")
+    for k, (ax, _) in enumerate(zip(axes.ravel(), panels, strict=True)):
+        key = refs.get(k)
+        if reference and key and reference.get(key) is not None:
+            ax.axhline(reference[key], color="0.4", ls=":", lw=1, label="original model, 0 steps")
+    axes[2][0].set_yscale("log", base=2)
+    axes[2][0].set_yticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    axes[0][0].legend(fontsize=7)
+    axes[0][1].legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M: PI by factor (and YaRN ×4, PoSE ×4), fine-tuned on mix at 1024 tokens a step", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def summarize(runs: Path, out: Path) -> None:
     curves = [c for row, (rope, lr, extra) in ROWS.items() if (c := curve(runs, row, (rope, lr))) is not None]
     for c in curves:
@@ -109,9 +170,8 @@ def summarize(runs: Path, out: Path) -> None:
     factors = ([{**x2_pi, "row": "pi_ft (×2, committed, bf16)"}] if x2_pi else []) + \
         [c for c in curves if c["row"].startswith(("pi4", "pi8", "pi16"))]
     if curves:
-        plot(factors + [c for c in curves if c["row"] in ("yarn4_ft", "pose4_ft")], out / "curves.png",
-             summary["reference_heads"], suptitle="SmolLM2-135M: PI ×2/×4/×8/×16 (and YaRN ×4, PoSE ×4) fine-tuned "
-                                                  "on mix at 1024 tokens per step (2 CPU cores)")
+        plot_steps(factors + [c for c in curves if c["row"] in ("yarn4_ft", "pose4_ft")], out / "curves.png",
+                   summary["reference_heads"])
     text = table(([{**x2_pi, "row": "pi_ft (×2, committed)"}] if x2_pi else []) + curves)
     (out / "table.md").write_text(text + "\n")
     print(text)

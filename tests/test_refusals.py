@@ -348,6 +348,8 @@ CASES: list[tuple[str, str, Build, str]] = [
      "train.data"),
     ("run", "model is a file", lambda c: ["run", c.recipe(model=c.file("m.bin"))], "is a file but not a .gguf"),
     ("run", "override without a value", lambda c: ["run", c.recipe(), "--train.steps"], "has no value"),
+    ("run", "eval.ruler key unknown", lambda c: ["run", c.recipe(eval__ruler={"tasks": "fwe", "samles": 1})],
+     "unknown key 'eval.ruler.samles'; did you mean 'samples'"),
 
     ("fetch", "unknown model", lambda c: ["fetch", "llama-9000"], "not a fetchable model"),
     ("fetch", "a near miss", lambda c: ["fetch", "qwen2.5-coder-1.5"], "did you mean"),

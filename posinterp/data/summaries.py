@@ -1,8 +1,9 @@
-"""Long-document summarization pairs: (document, summary) read from files or the built-in `pydoc-summaries`.
+"""Long-document summarization pairs: (document, summary) read from files or the built-in sets.
 
 Sources: a jsonl/json/parquet file, a folder or glob of them (files named by split, `train*`/`test*`/
-`validation*`, are chosen by `split`), a `datasets.save_to_disk` folder, or the built-in smoke set
-`pydoc-summaries` (see `pydoc_summaries`). Field names default to GovReport's (`report`, `summary`).
+`validation*`, are chosen by `split`), a `datasets.save_to_disk` folder, the built-in set `aclsum` (250 ACL
+papers, body → abstract; `posinterp.data.aclsum`), or the built-in smoke set `pydoc-summaries` (see
+`pydoc_summaries`). Field names default to GovReport's (`report`, `summary`).
 The prompt around them is the paper's (`PROMPT`); `posinterp.data.sft` turns pairs into tokens.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from posinterp.data import aclsum
 from posinterp.errors import PosinterpError
 
 PROMPT_HEAD = "Read the following article and then summarize it.\n\n"
@@ -27,6 +29,8 @@ SPLITS = ("train", "validation", "test", "all")
 SPLIT_FILE_PREFIXES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
 BUILTIN_NAME = "pydoc-summaries"
+BUILTIN_SETS = (aclsum.NAME, BUILTIN_NAME)
+"""The built-in sets: `--split` train, test or all (they have no validation split)."""
 PYDOC_MIN_BODY_CHARS = 3000
 """A topic is kept when its body (the topic without its lead) has at least this many characters."""
 PYDOC_MIN_SUMMARY_WORDS = 12
@@ -119,6 +123,8 @@ def describe_pairs(data: str, split: str) -> str:
     if str(data) == BUILTIN_NAME:
         return (f"{BUILTIN_NAME}:{split} (SMOKE SET, not a benchmark: Python "
                 f"{sys.version_info.major}.{sys.version_info.minor} pydoc_data topics, lead paragraph as summary)")
+    if str(data) == aclsum.NAME:
+        return aclsum.describe(split)
     return f"{data}:{split}"
 
 
@@ -158,7 +164,7 @@ def _rows(spec: str, split: str) -> Iterator[tuple[str, dict]]:
     files = [f for f in expand(spec) if f.suffix.lower() in (".jsonl", ".json", ".parquet")]
     if not files:
         raise PosinterpError(f"--data {spec!r} matches no .jsonl/.json/.parquet file or datasets folder; "
-                             f"give one, or the built-in smoke set --data {BUILTIN_NAME}")
+                             f"give one, or a built-in set: --data {aclsum.NAME}, or the smoke set --data {BUILTIN_NAME}")
     if path.is_dir():
         files = _split_files(files, split)
         if not files:
@@ -180,8 +186,15 @@ def iter_pairs(data: str, *, split: str = "train", document_field: str = "report
     """Stream the pairs of a source; a missing field or an empty text stops with one line."""
     if split not in SPLITS:
         raise PosinterpError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    if str(data) in BUILTIN_SETS and split == "validation":
+        raise PosinterpError(f"--data {data} --split validation: the built-in sets have train and test only; "
+                             "choose --split train, test or all")
     if str(data) == BUILTIN_NAME:
         yield from pydoc_summaries(split)
+        return
+    if str(data) == aclsum.NAME:
+        for paper in aclsum.papers(split):
+            yield Pair(f"{aclsum.NAME}/{paper.id}", paper.document, paper.abstract)
         return
     for where, row in _rows(str(data), split):
         doc = _text(row, document_field, "--document-field", where)

@@ -67,6 +67,9 @@ class RulerConfig(common.EvalConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # a recipe's YAML lists ([fwe, vt], [4096, 8192]) as the flags' comma-separated text
+        self.tasks, self.lengths = (",".join(map(str, v)) if isinstance(v, list | tuple) else v
+                                    for v in (self.tasks, self.lengths))
         parse_tasks(self.tasks)
         if self.prompt_format not in FORMATS:
             raise PosinterpError(f"--prompt-format {self.prompt_format!r}: choose one of {', '.join(FORMATS)}")
@@ -106,7 +109,12 @@ def build_samples(builder: Any, tasks: list[str], lengths: list[int], samples: i
 
 
 def new_tokens(sample: Any, cap: int | None) -> int:
-    limit = rt.TASKS[sample.task].max_new_tokens
+    return new_tokens_of(sample.task, cap)
+
+
+def new_tokens_of(task: str, cap: int | None) -> int:
+    """The tokens decoded per answer of `task`: RULER's, capped by --max-new-tokens."""
+    limit = rt.TASKS[task].max_new_tokens
     return min(limit, int(cap)) if cap else limit
 
 

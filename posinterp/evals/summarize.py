@@ -1,6 +1,7 @@
 """`eval summarize`: long-document summarization with the paper's prompt and decoding, ROUGE-1/2/L.
 
     posinterp eval summarize runs/smollm2-16k-sum --data govreport/ --max-input-tokens 15000
+    posinterp eval summarize smollm2-135m --data aclsum --limit 30 --max-new-tokens 256 --out /tmp/sum-aclsum
     posinterp eval summarize smollm2-135m --data pydoc-summaries --limit 2 --max-input-tokens 1024 \\
         --max-new-tokens 64 --out /tmp/sum-smoke
 
@@ -42,8 +43,9 @@ class SummarizeConfig(ModelArgs):
     """The model flags come from `posinterp.model.loader.ModelArgs`; --seed: document i samples with seed + i."""
 
     data: str = arg("pydoc-summaries", help="(document, summary) pairs: .jsonl/.json/.parquet files, a folder or "
-                                            "glob of them, a datasets folder, or the built-in smoke set "
-                                            "pydoc-summaries")
+                                            "glob of them, a datasets folder, the built-in aclsum (250 ACL papers, "
+                                            "full text → abstract; fetched by make setup), or the built-in smoke "
+                                            "set pydoc-summaries")
     split: str = arg("test", help="split: train, validation, test or all", choices=("train", "validation", "test", "all"))
     document_field: str = arg("report", help="field holding the document (GovReport: report)")
     summary_field: str = arg("summary", help="field holding the reference summary (GovReport: summary)")
@@ -182,6 +184,8 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     # everything that can be refused is refused before the model is loaded
     if cfg.out is not None:
         check_out(cfg.out, cfg.force)
+    pairs = summaries.load_pairs(cfg.data, split=cfg.split, document_field=cfg.document_field,
+                                 summary_field=cfg.summary_field, limit=cfg.limit)  # e.g. an unfetched aclsum
     cfg.device = loader.pick_device(cfg.device)
     cfg.precision = resolve_dtype(cfg)
     prep = loader.prepare(cfg.model, cfg.rope_spec, cfg.original_length)
@@ -189,8 +193,6 @@ def summarize(cfg: SummarizeConfig | str | None = None, **kwargs) -> dict:
     tokenizer = refs.load_tokenizer(refs.dense(ref))
     budget = sft.fit_budget(tokenizer, win, max_summary_tokens=cfg.max_new_tokens,
                             max_input_tokens=cfg.max_input_tokens, summary_flag="--max-new-tokens")
-    pairs = summaries.load_pairs(cfg.data, split=cfg.split, document_field=cfg.document_field,
-                           summary_field=cfg.summary_field, limit=cfg.limit)
     data_name = summaries.describe_pairs(cfg.data, cfg.split)
 
     import torch

@@ -1,5 +1,5 @@
 """What a run will cost on this machine, and fitting it into `--budget`: per-stage estimates, the trims
-(passkey trials, perplexity text, fine-tune steps) and `--dry-run`'s table.
+(RULER samples, passkey trials, perplexity text, fine-tune steps) and `--dry-run`'s table.
 
 Only the stages still to run are priced (`run/stamps.py` says which), and a fine-tune that continues from
 a checkpoint only for its remaining steps. The trims a budget chose are kept in the run folder
@@ -45,6 +45,7 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False,
     from posinterp.data.corpus import load_documents
     from posinterp.evals.common import parse_lengths
     from posinterp.evals.perplexity import strides_for
+    from posinterp.evals.ruler import parse_tasks
     from posinterp.model import loader, refs
     from posinterp.run import estimate
 
@@ -89,6 +90,9 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False,
         elif s.name.startswith("passkey "):
             out[s.name] = estimate.passkey_seconds(speed, lengths=parse_lengths(cfg.lengths), trials=cfg.trials,
                                                    new_tokens=cfg.max_new_tokens)
+        elif s.name.startswith("ruler "):
+            out[s.name] = estimate.ruler_seconds(speed, lengths=parse_lengths(cfg.lengths), tasks=parse_tasks(cfg.tasks),
+                                                 samples=cfg.samples, max_new_tokens=cfg.max_new_tokens)
     return out
 
 
@@ -98,8 +102,8 @@ MIN_STEPS = 5
 
 def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any, budget: float
                ) -> tuple[Recipe, list[Stage], dict[str, float], list[str]]:
-    """Trim the recipe until its stages fit `budget` seconds: passkey trials first (down to 1), then the
-    perplexity tokens (down to one slide of the longest window, then to one window of the longest size), then
+    """Trim the recipe until its stages fit `budget` seconds: RULER samples first (down to 1 per task and length),
+    then passkey trials (down to 1), then the perplexity tokens (down to one slide of the longest window, then to one window of the longest size), then
     fine-tune steps (down to `MIN_STEPS`): the fine-tune is what the comparison is about, so it goes last.
     When even that is over the budget, the smallest plan is returned and one line says how long it will
     take: a budget never refuses to run (the README's `make demo` is a budget run).
@@ -113,8 +117,15 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
     stages, est = priced(recipe)
     if sum(est.values()) <= budget:
         return recipe, stages, est, trims
+    ru = recipe.eval.ruler
+    if ru is not None and ru.samples != 1:
+        recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, ruler=dataclasses.replace(
+            ru, samples=1)))
+        trims.append(f"RULER samples {ru.samples or 'by length (10 up to 4096 tokens, 5 above)'} → 1 per task "
+                     "and length")
+        stages, est = priced(recipe)
     pk = recipe.eval.passkey
-    if pk is not None and pk.trials > 1:
+    if sum(est.values()) > budget and pk is not None and pk.trials > 1:
         recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, passkey=dataclasses.replace(
             pk, trials=1)))
         trims.append(f"passkey trials {pk.trials} → 1 per length")
@@ -149,7 +160,7 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
     return recipe, stages, est, trims
 
 
-TRIMMABLE = ("train.steps", "eval.passkey.trials", "eval.ppl.max_tokens", "eval.ppl.max_docs")
+TRIMMABLE = ("train.steps", "eval.passkey.trials", "eval.ppl.max_tokens", "eval.ppl.max_docs", "eval.ruler.samples")
 """The recipe values a budget trims, as dotted keys."""
 
 
@@ -162,7 +173,7 @@ def _get(recipe: Recipe, key: str) -> Any:
 
 def _set(obj: Any, parts: list[str], value: Any) -> Any:
     inner = getattr(obj, parts[0])
-    if inner is None:  # no passkey section: nothing to trim there
+    if inner is None:  # no passkey or ruler section: nothing to trim there
         return obj
     return dataclasses.replace(obj, **{parts[0]: value if len(parts) == 1 else _set(inner, parts[1:], value)})
 
@@ -270,6 +281,11 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
               f"here): {est.assumptions['mfu']:.0%} MFU of {est.assumptions['peak_tflops_per_device']:g} TFLOP/s per device, "
               f"the recipe's launch.mfu × launch.peak_tflops; --estimate measures this machine"
               + (f" (× {fine_tunes} fine-tunes)" if fine_tunes > 1 else ""))
+    if recipe.eval.ruler is not None:
+        from posinterp.run.ruler_stage import work_line
+
+        plan_["ruler"] = work_line(stages)
+        print(f"ruler: {plan_['ruler']}")
     for s in plan_["stages"]:
         print(f"  [{s['status']}] {s['stage']:<18} → {s['output']}  ({s['why'] or s['what']})")
     return plan_

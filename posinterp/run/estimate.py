@@ -224,3 +224,16 @@ def passkey_seconds(speed: Speed, *, lengths: list[int], trials: int, new_tokens
     """A passkey stage: one prefill per prompt plus greedy decoding (each new token costs its own weights
     pass and attention over the L cached keys, `Speed.decode_token_s`)."""
     return LOAD_S + sum(trials * (speed.forward_s(n) + new_tokens * speed.decode_token_s(n)) for n in lengths)
+
+
+def ruler_seconds(speed: Speed, *, lengths: list[int], tasks: list[str], samples: int | None,
+                  max_new_tokens: int | None = None) -> float:
+    """A RULER stage, passkey's price model per prompt: at each length, `samples` prompts per task (the
+    protocol's default: 10 up to 4096 tokens, 5 above), each one prefill plus its task's answer tokens (RULER's
+    per task, capped by `max_new_tokens`) decoded against the cache. An upper bound: the shared haystack
+    prefixes (niah_single_*) and answers that stop early at EOS are not subtracted."""
+    from posinterp.evals.ruler import new_tokens_of, samples_at
+
+    decode = sum(new_tokens_of(t, max_new_tokens) for t in tasks)
+    return LOAD_S + sum(samples_at(n, samples) * (len(tasks) * speed.forward_s(n) + decode * speed.decode_token_s(n))
+                        for n in lengths)

@@ -7,7 +7,9 @@ Rows (`eval.rows`): the original model, plain extrapolation, each method at 0 fi
 yarn, ntk, dynamic, llama3) and the equal-budget fine-tunes `<method>_ft` (pi_ft, yarn_ft, ntk_ft, dynamic_ft, llama3_ft,
 and nopi_ft: RoPE unchanged, the paper's direct fine-tuning), every one trained with the recipe's one
 `train` section: the same data order, steps, seed and settings. The extend method's rows start from
-the extended checkpoint; the others apply their method on the fly at the same factor.
+the extended checkpoint; the others apply their method on the fly at the same factor. An `eval.ruler`
+section (eval ruler's flags as keys) adds RULER's synthetic tasks to every row, at the passkey lengths unless
+it names its own; the report gives each row's effective length, absolute and relative to the original row.
 
 Every value is checked before anything is written (the recipe's sections when loaded, the rows and
 the factor by `plan`). Every stage writes its output atomically into the run folder, then its stamp
@@ -34,6 +36,7 @@ from posinterp.errors import PosinterpError
 from posinterp.run import stamps
 from posinterp.run.budget import dry_run, fit_or_reuse, parse_budget, print_estimates, stage_estimates
 from posinterp.run.recipe import Recipe, check_data, load_recipe
+from posinterp.run.ruler_stage import check_prompts
 from posinterp.run.stages import Stage, plan, scale
 
 log = logging.getLogger(__name__)
@@ -45,8 +48,8 @@ class RunConfig:
     dry_run: bool = arg(False, help="resolve model, data, memory estimate, steps and paths; compute nothing")
     force: bool = arg(False, help="recompute every stage, even finished ones")
     budget: str | None = arg(None, help="wall-time budget, e.g. 45m, 2h or 900s: stages are priced from a short "
-                                        "probe of this machine and, when they would not fit, passkey trials, "
-                                        "evaluated tokens and then fine-tune steps are trimmed (said exactly)")
+                                        "probe of this machine and, when they would not fit, RULER samples, passkey "
+                                        "trials, evaluated tokens and then fine-tune steps are trimmed (said exactly)")
     estimate: bool = arg(False, help="price every stage from a short measured probe of this machine before running")
     overrides: list = arg([], help="dotted overrides such as --train.steps 50", cli=False)
 
@@ -67,16 +70,17 @@ def pin_precision(recipe: Recipe) -> Recipe:
     from posinterp.evals.common import dtype_name
     from posinterp.machine import choose_precision
 
-    ppl, pk = recipe.eval.ppl, recipe.eval.passkey
-    if "auto" not in (recipe.train.precision, ppl.dtype, pk.dtype if pk is not None else None):
+    ppl, pk, ru = recipe.eval.ppl, recipe.eval.passkey, recipe.eval.ruler
+    if "auto" not in (recipe.train.precision, ppl.dtype, *(c.dtype for c in (pk, ru) if c is not None)):
         return recipe
     choice = choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
     log.info("precision for every stage: %s (%s)", choice.name, choice.reason)
     train = recipe.train if recipe.train.precision != "auto" else dataclasses.replace(recipe.train, precision=choice.name)
     ppl = ppl if ppl.dtype != "auto" else dataclasses.replace(ppl, dtype=dtype_name(choice.name))
-    if pk is not None and pk.dtype == "auto":
-        pk = dataclasses.replace(pk, dtype=dtype_name(choice.name))
-    return dataclasses.replace(recipe, train=train, eval=dataclasses.replace(recipe.eval, ppl=ppl, passkey=pk))
+    pk, ru = (c if c is None or c.dtype != "auto" else dataclasses.replace(c, dtype=dtype_name(choice.name))
+              for c in (pk, ru))
+    return dataclasses.replace(recipe, train=train, eval=dataclasses.replace(recipe.eval, ppl=ppl, passkey=pk,
+                                                                             ruler=ru))
 
 
 def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
@@ -122,6 +126,7 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
     if cfg.dry_run:
         return dry_run(recipe, stages, sc, speed, status)
     check_data(recipe, trains=any(stage.name.startswith("train") for stage in stages))
+    check_prompts(recipe, [stage for stage in stages if status[stage.name].runs])
     run_dir.mkdir(parents=True, exist_ok=True)
     if speed is not None:
         write_json(run_dir / "estimates.json", {"stages": {**saved.get("stages", {}), **estimates},

@@ -1,7 +1,7 @@
 """A recipe file: model, method and factor, data, training settings and evaluation protocols.
 
 Sections are the verbs' own config dataclasses (`extend` → ExtendConfig, `train` → TrainConfig,
-`eval.ppl` → PerplexityConfig, `eval.passkey` → PasskeyConfig), built when the recipe is loaded,
+`eval.ppl` → PerplexityConfig, `eval.passkey` → PasskeyConfig, `eval.ruler` → RulerConfig), built when loaded,
 so a recipe has the same keys and defaults as the CLI flags and every bad value (an unknown key,
 `extend.factor: -1`, `train.lr: -1`, a stride too large for a window) is refused in one line before
 any stage runs. Dotted overrides (`--train.steps 50`) edit the loaded mapping before it is built.
@@ -27,6 +27,7 @@ from posinterp.cli import arg, from_mapping
 from posinterp.errors import PosinterpError
 from posinterp.evals.passkey import PasskeyConfig
 from posinterp.evals.perplexity import PerplexityConfig
+from posinterp.evals.ruler import RulerConfig
 from posinterp.model.extend import ExtendConfig
 from posinterp.train.config import TrainConfig
 
@@ -88,6 +89,8 @@ PIPELINE_SET = {
              "windows": "eval.windows", "lengths": "eval.passkey_lengths", "force": "run --force"},
 }
 """Fields of the sections' dataclasses that the pipeline sets per stage → where they come from."""
+PIPELINE_SET["ruler"] = {**{k: v for k, v in PIPELINE_SET["eval"].items() if k not in ("windows", "lengths")},
+                         "reference": "the report: the original row's RULER results"}
 
 
 @dataclass
@@ -101,6 +104,8 @@ class EvalSection:
                                                          "those up to L")
     passkey_lengths: list[int] | None = arg(None, help="passkey prompt lengths in tokens (default: eval.windows)")
     rows: list[str] = arg(list(DEFAULT_ROWS), help="rows of the table, in report order, of: " + ", ".join(ROWS))
+    ruler: RulerConfig | None = arg(None, help="RULER on every row, at the passkey lengths unless it gives "
+                                               "lengths: eval ruler's flags as keys, e.g. {tasks: [fwe], samples: 1}")
 
 
 @dataclass
@@ -265,7 +270,10 @@ def _eval_section(ev: Any, model: str) -> EvalSection:
     if ev.get("passkey", {}) is not None:
         passkey = section(PasskeyConfig, ev.get("passkey"), "eval.passkey.", PIPELINE_SET["eval"],
                           {"model": model, "lengths": ",".join(map(str, lengths or windows))})
-    return EvalSection(windows=windows, ppl=ppl, passkey=passkey, passkey_lengths=lengths, rows=list(rows))
+    ruler = ev.get("ruler")
+    if ruler is not None:
+        ruler = section(RulerConfig, ruler, "eval.ruler.", PIPELINE_SET["ruler"], {"model": model})
+    return EvalSection(windows=windows, ppl=ppl, passkey=passkey, passkey_lengths=lengths, rows=list(rows), ruler=ruler)
 
 
 def build(data: dict, where: str = "recipe") -> Recipe:
@@ -291,7 +299,7 @@ def build(data: dict, where: str = "recipe") -> Recipe:
 
 SECTIONS: tuple[tuple[str, type, str], ...] = (
     ("extend", ExtendConfig, "extend"), ("train", TrainConfig, "train"), ("eval", EvalSection, ""),
-    ("eval.ppl", PerplexityConfig, "eval"), ("eval.passkey", PasskeyConfig, "eval"))
+    ("eval.ppl", PerplexityConfig, "eval"), ("eval.passkey", PasskeyConfig, "eval"), ("eval.ruler", RulerConfig, "ruler"))
 """Recipe section → its dataclass and its PIPELINE_SET entry (the fields no recipe sets; eval's own
 keys are all the recipe's)."""
 
@@ -358,7 +366,7 @@ def override_help(width: int = 104) -> str:
         left = left.ljust(column) if len(left) < column else left + "  "
         lines.append(left + _clip(helps[key], max(24, width - len(left))))
     lines += ["", "Keys the pipeline sets per stage (model, out, rope, windows, ...) are not recipe keys. Full help",
-              "of each: posinterp extend --help, posinterp train --help, posinterp eval ppl|passkey --help."]
+              "of each: posinterp extend --help, posinterp train --help, posinterp eval ppl|passkey|ruler --help."]
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""The run's report: a computed verdict, the before/after table, curves during fine-tuning, figures.
+"""The run's report: a computed verdict, the before/after table, RULER (`run/ruler_report.py`), curves during
+fine-tuning, figures.
 
 Reads only what the stages wrote (results.json of each eval, posinterp.json and metrics.jsonl of
 each fine-tune, timings.json of the run), so a report can be rebuilt at any time from a run folder.
@@ -14,6 +15,7 @@ from typing import Any
 
 from posinterp.atomic import write_text
 from posinterp.evals.passkey import SUCCESS_RATE
+from posinterp.run import ruler_report
 from posinterp.run.recipe import FINE_TUNED, METHOD_TITLES, ROW_TITLES, Recipe, fine_tune_dir, zero_shot_row
 
 PPL_FIGURE = "perplexity.png"
@@ -366,6 +368,8 @@ def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float], facto
         lines += ["", "Fine-tuning (every fine-tuned row, same settings and data order): "
                   + ", ".join(f"{k}={getattr(recipe.train, k, v)}" for k, v in given.items())  # after --budget trims
                   + (f" (resolved: {settings.get('seq_len', '?')} tokens per sequence)" if settings else "")]
+    ruler_lines, ruler = ruler_report.section(run_dir, rows)
+    lines += ruler_lines
     if curves:
         write_text(run_dir / CURVES_CSV, curves_csv(curves))
         lines += ["", "## During fine-tuning", "", curves_table(curves), "", f"The same points: [{CURVES_CSV}]({CURVES_CSV})."]
@@ -385,5 +389,6 @@ def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float], facto
     write_text(run_dir / "report.md", "\n".join(lines) + "\n")
     return {row: {"k_max": res["passkey"]["summary"]["k_max"] if res["passkey"] else None,
                   "ppl": _per_window(res["ppl"]),
-                  **({"tokens": budgets[row]["tokens"]} if budgets.get(row) else {})}
+                  **({"tokens": budgets[row]["tokens"]} if budgets.get(row) else {}),
+                  **({"ruler": ruler[row]} if row in ruler else {})}
             for row, res in results.items()}

@@ -1,4 +1,8 @@
 """A recipe as a list of stages: the rows (zero-shot and fine-tuned), their folders, and the scale of each stage.
+
+Each row's evaluations: perplexity at `eval.windows`, passkey at `eval.passkey_lengths` and, with an `eval.ruler`
+section, RULER at `eval.ruler.lengths` (default: the passkey lengths, so both retrieval measures share a length
+axis); the original row keeps the windows and lengths up to L.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
     """The stages, in order, each with the config it runs (built and checked now) and its output."""
     from posinterp.evals.passkey import passkey
     from posinterp.evals.perplexity import perplexity, strides_for
+    from posinterp.evals.ruler import ruler
     from posinterp.model.extend import extend
     from posinterp.train.loop import train
 
@@ -123,6 +128,8 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
                                 f"fine-tune {how}, same steps and data: {_train_summary(recipe)}", row.train))
     windows = sorted(recipe.eval.windows)
     lengths = sorted(recipe.eval.passkey_lengths or windows)
+    ru = recipe.eval.ruler
+    ruler_lengths = ruler_lengths_of(recipe)
     stride_of = strides_for(windows, recipe.eval.ppl.stride)
     for row in rows:
         row_windows = [w for w in windows if row.name != "original" or w <= sc.original_length]
@@ -140,7 +147,32 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
                                       lengths=",".join(map(str, row_lengths)), **common)
             stages.append(Stage(f"passkey {row.name}", cfg.out, passkey,
                                 f"passkey of {ROW_TITLES[row.name]} at {row_lengths}", cfg))
+        row_ruler = [n for n in ruler_lengths if row.name != "original" or n <= sc.original_length]
+        if row_ruler and ru is not None:
+            cfg = dataclasses.replace(ru, out=out / "ruler", lengths=",".join(map(str, row_ruler)), **common)
+            stages.append(Stage(f"ruler {row.name}", cfg.out, ruler,
+                                f"RULER ({_tasks(ru.tasks)}) of {ROW_TITLES[row.name]} at {row_ruler}", cfg))
     return stages
+
+
+def ruler_lengths_of(recipe: Recipe) -> list[int]:
+    """RULER's prompt lengths: `eval.ruler.lengths`, else the passkey lengths (`eval.passkey_lengths`, else
+    `eval.windows`); none without an `eval.ruler` section."""
+    from posinterp.evals.common import parse_lengths
+
+    ru = recipe.eval.ruler
+    if ru is None:
+        return []
+    if ru.lengths:
+        return parse_lengths(ru.lengths, "eval.ruler.lengths")
+    return sorted(recipe.eval.passkey_lengths or recipe.eval.windows)
+
+
+def _tasks(text: str) -> str:
+    from posinterp.evals.ruler import parse_tasks
+
+    names = parse_tasks(text)
+    return ", ".join(names) if len(names) <= 3 else f"{len(names)} tasks"
 
 
 def _train_summary(recipe: Recipe) -> str:

@@ -350,6 +350,9 @@ CASES: list[tuple[str, str, Build, str]] = [
     ("run", "override without a value", lambda c: ["run", c.recipe(), "--train.steps"], "has no value"),
     ("run", "eval.ruler key unknown", lambda c: ["run", c.recipe(eval__ruler={"tasks": "fwe", "samles": 1})],
      "unknown key 'eval.ruler.samles'; did you mean 'samples'"),
+    ("run", "eval.summarize key unknown", lambda c: ["run", c.recipe(eval__summarize={"data": "pydoc-summaries",
+                                                                                      "limt": 2})],
+     "unknown key 'eval.summarize.limt'; did you mean 'limit'"),
 
     ("fetch", "unknown model", lambda c: ["fetch", "llama-9000"], "not a fetchable model"),
     ("fetch", "a near miss", lambda c: ["fetch", "qwen2.5-coder-1.5"], "did you mean"),

@@ -1,5 +1,5 @@
 """What a run will cost on this machine, and fitting it into `--budget`: per-stage estimates, the trims
-(RULER samples, passkey trials, perplexity text, fine-tune steps) and `--dry-run`'s table.
+(RULER samples, passkey trials, perplexity text, summarized documents, fine-tune steps) and `--dry-run`'s table.
 
 Only the stages still to run are priced (`run/stamps.py` says which), and a fine-tune that continues from
 a checkpoint only for its remaining steps. The trims a budget chose are kept in the run folder
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from posinterp.errors import PosinterpError
+from posinterp.run import summarize_stage
 from posinterp.run.recipe import Recipe
 from posinterp.run.stages import Scale, Stage, plan
 from posinterp.run.stamps import Status, statuses
@@ -60,10 +61,12 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False,
         if s.name == "extend":
             out[s.name] = estimate.LOAD_S  # measured 4.2–4.8 s for SmolLM2 (load, configure, write)
         elif s.name.startswith("train ("):
-            seq_len = int(cfg.seq_len or loader.prepare(cfg.model, cfg.rope_spec, cfg.original_length).window)
+            seq_len = int(cfg.seq_len or s.window or loader.prepare(cfg.model, cfg.rope_spec, cfg.original_length).window)
             left = cfg.steps - status[s.name].from_step
+            examples = summarize_stage.example_tokens(cfg, seq_len, stages[0].config.model) if cfg.task == "summarize" \
+                else None  # one unpadded example per sequence: priced at the data's own lengths
             sec = estimate.train_seconds(speed, steps=left, seq_len=seq_len, batch_size=cfg.batch_size,
-                                         grad_accum=cfg.grad_accum)
+                                         grad_accum=cfg.grad_accum, example_tokens=examples)
             if cfg.eval_every:
                 evals = cfg.steps // cfg.eval_every + 1 - status[s.name].from_step // cfg.eval_every
                 lengths = parse_lengths(cfg.eval_lengths, "--eval-lengths") if cfg.eval_lengths else [seq_len]
@@ -93,6 +96,8 @@ def stage_estimates(stages: list[Stage], speed: Any, force: bool = False,
         elif s.name.startswith("ruler "):
             out[s.name] = estimate.ruler_seconds(speed, lengths=parse_lengths(cfg.lengths), tasks=parse_tasks(cfg.tasks),
                                                  samples=cfg.samples, max_new_tokens=cfg.max_new_tokens)
+        elif s.name.startswith("summarize "):
+            out[s.name] = summarize_stage.stage_seconds(s, speed, stages[0].config.model)
     return out
 
 
@@ -104,7 +109,8 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
                ) -> tuple[Recipe, list[Stage], dict[str, float], list[str]]:
     """Trim the recipe until its stages fit `budget` seconds: RULER samples first (down to 1 per task and length),
     then passkey trials (down to 1), then the perplexity tokens (down to one slide of the longest window, then to one window of the longest size), then
-    fine-tune steps (down to `MIN_STEPS`): the fine-tune is what the comparison is about, so it goes last.
+    the summarized documents (down to `summarize_stage.MIN_DOCUMENTS`), then fine-tune steps (down to `MIN_STEPS`):
+    the fine-tune is what the comparison is about, so it goes last.
     When even that is over the budget, the smallest plan is returned and one line says how long it will
     take: a budget never refuses to run (the README's `make demo` is a budget run).
     Returns the recipe, its stages, their estimates and one sentence per trim."""
@@ -134,12 +140,16 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
     # perplexity text: first one slide of the longest window, then that window alone
     for tokens, what in ((longest + min(longest // 4, 4096), ""), (longest, f": one window at {longest}")):
         ppl = recipe.eval.ppl
-        if sum(est.values()) > budget and (ppl.max_tokens is None or ppl.max_tokens > tokens):
+        if sum(est.values()) > budget and ppl is not None and (ppl.max_tokens is None or ppl.max_tokens > tokens):
             recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, ppl=dataclasses.replace(
                 ppl, max_tokens=tokens, max_docs=1)))
             trims.append(f"perplexity text → the first {tokens} tokens of one document{what} (was "
                          f"{ppl.max_tokens or 'whole'} tokens × {ppl.max_docs or 'all'} documents)")
             stages, est = priced(recipe)
+    recipe, fewer, est, said = summarize_stage.trim(recipe, est, budget, stages[0].config.model, priced)
+    if fewer is not None:
+        stages = fewer
+        trims.append(said)
     steps = recipe.train.steps
     for _ in range(8):  # the proportional guess, then corrections: int() rounding and per-row costs can leave a rest
         over = sum(est.values()) - budget
@@ -160,7 +170,8 @@ def fit_budget(recipe: Recipe, run_dir: Path, force: bool, sc: Scale, speed: Any
     return recipe, stages, est, trims
 
 
-TRIMMABLE = ("train.steps", "eval.passkey.trials", "eval.ppl.max_tokens", "eval.ppl.max_docs", "eval.ruler.samples")
+TRIMMABLE = ("train.steps", "eval.passkey.trials", "eval.ppl.max_tokens", "eval.ppl.max_docs", "eval.ruler.samples",
+             "eval.summarize.limit")
 """The recipe values a budget trims, as dotted keys."""
 
 
@@ -227,7 +238,7 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
     from posinterp.data import corpus
     from posinterp.model import loader
     from posinterp.model.rope import RopeSpec
-    from posinterp.run.estimate import estimate
+    from posinterp.run.estimate import LOAD_S, estimate, train_seconds
     from posinterp.speed import cached_speed
 
     prep = loader.prepare(recipe.model, RopeSpec(recipe.extend.method, sc.factor), sc.original_length)
@@ -235,16 +246,23 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
     tr, dist = recipe.train, recipe.launch
     seq_len = int(tr.seq_len or info["target_length"])
     gpus = int(dist.get("gpus", 1))
-    est = estimate(config, seq_len=seq_len, micro_batch=tr.batch_size, grad_accum=tr.grad_accum, steps=tr.steps,
-                   gpus=gpus, sharded=bool(dist.get("sharded", gpus > 1)), checkpointing=tr.checkpointing != "off",
-                   lora=tr.lora, loss_chunk=tr.loss_chunk,
-                   peak_tflops=float(dist.get("peak_tflops", 989.0)), mfu=float(dist.get("mfu", 0.4)))
-    try:
-        docs = corpus.load_documents(str(tr.data), split=tr.split, limit=None)
-        data_line = f"{corpus.describe(str(tr.data), tr.split)}: {len(docs)} documents, " \
-                    f"{sum(len(d.text) for d in docs) / 1e6:.1f} M characters"
-    except PosinterpError as err:
-        data_line = f"{tr.data}: not available here ({err})"
+    kw = dict(micro_batch=tr.batch_size, grad_accum=tr.grad_accum, steps=tr.steps, gpus=gpus,
+              sharded=bool(dist.get("sharded", gpus > 1)), checkpointing=tr.checkpointing != "off", lora=tr.lora,
+              loss_chunk=tr.loss_chunk, peak_tflops=float(dist.get("peak_tflops", 989.0)), mfu=float(dist.get("mfu", 0.4)))
+    est = estimate(config, seq_len=seq_len, **kw)  # memory at the longest sequence
+    means: dict[int, float] = {}
+    if tr.task == "summarize":  # one unpadded example per sequence: time and tokens at the data's own lengths
+        data_line, means = summarize_stage.train_data_line(recipe, stages)
+    else:
+        try:
+            docs = corpus.load_documents(str(tr.data), split=tr.split, limit=None)
+            data_line = f"{corpus.describe(str(tr.data), tr.split)}: {len(docs)} documents, " \
+                        f"{sum(len(d.text) for d in docs) / 1e6:.1f} M characters"
+        except PosinterpError as err:
+            data_line = f"{tr.data}: not available here ({err})"
+    tokens = means.get(seq_len, seq_len)
+    assumed_s = estimate(config, seq_len=round(tokens), **kw).seconds_per_step if tokens != seq_len else est.seconds_per_step
+    others = sorted({int(s.config.seq_len or s.window) for s in stages if s.name.startswith("train (")} - {seq_len})
     fine_tunes = sum(1 for s in stages if s.name.startswith("train ("))
     status = status if status is not None else statuses(stages)
     plan_ = {
@@ -252,7 +270,7 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
         "original_length": sc.original_length, "target_length": info["target_length"],
         "rope_parameters": info["rope_parameters"],
         "train": {"steps": tr.steps, "seq_len": seq_len, "micro_batch": tr.batch_size, "grad_accum": tr.grad_accum,
-                  "gpus": gpus, "tokens_total": seq_len * tr.batch_size * tr.grad_accum * gpus * tr.steps,
+                  "gpus": gpus, "tokens_total": round(tokens * tr.batch_size * tr.grad_accum * gpus * tr.steps),
                   "fine_tunes": fine_tunes},
         "data": data_line, "estimate": est.as_dict(),
         "stages": [{"stage": s.name, "output": str(s.output), "what": s.describe, "status": status[s.name].kind,
@@ -261,7 +279,9 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
     print(f"recipe {recipe.name}: {plan_['model']} ({config.model_type}), window {sc.original_length} → "
           f"{info['target_length']}, rope {info['rope_parameters']}")
     print(f"data: {data_line}")
-    print(f"train: {tr.steps} steps × {seq_len} tokens × micro-batch {tr.batch_size} × accumulation "
+    nopi = "".join(f"; nopi_ft: ≤ {n}, mean {means[n]:,.0f}" if n in means else f" (nopi_ft: {n})" for n in others)
+    length = f"one example of ≤ {seq_len} tokens (mean {tokens:,.0f}{nopi})" if means else f"{seq_len} tokens{nopi}"
+    print(f"train: {tr.steps} steps × {length} × micro-batch {tr.batch_size} × accumulation "
           f"{tr.grad_accum} × {gpus} device(s) = {plan_['train']['tokens_total'] / 1e6:.1f} M tokens per fine-tune, "
           f"{fine_tunes} fine-tune(s)")
     print(f"memory per device ≈ {est.total_gib:.1f} GiB (weights {est.weights_gib:.1f}, grads {est.grads_gib:.1f}, "
@@ -271,13 +291,15 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
     if measured is None and (hit := cached_speed(config, tr.precision)) is not None:  # `run` pinned auto
         measured, when = hit[0], f"the probe cached here on {hit[1]}"
     if measured is not None and gpus == 1:
-        step_s = tr.batch_size * measured.train_step_s(seq_len, tr.grad_accum)
+        step_s = tr.batch_size * measured.train_step_s(seq_len, tr.grad_accum) if not means else train_seconds(
+            measured, steps=1, seq_len=seq_len, batch_size=tr.batch_size, grad_accum=tr.grad_accum,
+            example_tokens=summarize_stage.example_tokens(tr, seq_len, recipe.model)) - LOAD_S
         plan_["time"] = {"seconds_per_step": step_s, "source": f"this machine ({measured.precision}, {when})"}
         print(f"time ≈ {step_s:.3g} s/step, {step_s * tr.steps / 3600:.1f} h for {tr.steps} steps, from this machine's "
               f"measured speed ({measured.precision}; {when})" + (f" (× {fine_tunes} fine-tunes)" if fine_tunes > 1 else ""))
     else:
-        plan_["time"] = {"seconds_per_step": est.seconds_per_step, "source": "assumed: the recipe's launch.peak_tflops × launch.mfu"}
-        print(f"time ≈ {est.seconds_per_step:.3g} s/step, {est.hours_total:.1f} h for {tr.steps} steps, ASSUMED (not measured "
+        plan_["time"] = {"seconds_per_step": assumed_s, "source": "assumed: the recipe's launch.peak_tflops × launch.mfu"}
+        print(f"time ≈ {assumed_s:.3g} s/step, {assumed_s * tr.steps / 3600:.1f} h for {tr.steps} steps, ASSUMED (not measured "
               f"here): {est.assumptions['mfu']:.0%} MFU of {est.assumptions['peak_tflops_per_device']:g} TFLOP/s per device, "
               f"the recipe's launch.mfu × launch.peak_tflops; --estimate measures this machine"
               + (f" (× {fine_tunes} fine-tunes)" if fine_tunes > 1 else ""))
@@ -286,6 +308,9 @@ def dry_run(recipe: Recipe, stages: list[Stage], sc: Scale, speed: Any = None,
 
         plan_["ruler"] = work_line(stages)
         print(f"ruler: {plan_['ruler']}")
+    if recipe.eval.summarize is not None:
+        plan_["summarize"] = summarize_stage.work_line(stages, recipe.model)
+        print(f"summarize: {plan_['summarize']}")
     for s in plan_["stages"]:
         print(f"  [{s['status']}] {s['stage']:<18} → {s['output']}  ({s['why'] or s['what']})")
     return plan_

@@ -203,9 +203,15 @@ LOAD_S = 5.0
 """Seconds to load a small model and its tokenizer before a stage computes (measured: 2–8 s for SmolLM2)."""
 
 
-def train_seconds(speed: Speed, *, steps: int, seq_len: int, batch_size: int = 1, grad_accum: int = 1) -> float:
-    """A fine-tune stage: `steps` optimizer steps of `grad_accum` micro-steps of `batch_size` sequences."""
-    return LOAD_S + steps * batch_size * speed.train_step_s(seq_len, grad_accum)
+def train_seconds(speed: Speed, *, steps: int, seq_len: int, batch_size: int = 1, grad_accum: int = 1,
+                  example_tokens: list[int] | None = None) -> float:
+    """A fine-tune stage: `steps` optimizer steps of `grad_accum` micro-steps of `batch_size` sequences of `seq_len`
+    tokens, or (`--task summarize`, one unpadded example per sequence) of the data's own `example_tokens`: a
+    micro-step then costs the mean over them (not the cost at their mean length: it is quadratic in T)."""
+    if not example_tokens:
+        return LOAD_S + steps * batch_size * speed.train_step_s(seq_len, grad_accum)
+    step = sum(speed.train_step_s(min(int(n), seq_len), grad_accum) for n in example_tokens) / len(example_tokens)
+    return LOAD_S + steps * batch_size * step
 
 
 def ppl_seconds(speed: Speed, *, doc_tokens: list[int], windows: dict[int, int]) -> float:
@@ -237,3 +243,9 @@ def ruler_seconds(speed: Speed, *, lengths: list[int], tasks: list[str], samples
     decode = sum(new_tokens_of(t, max_new_tokens) for t in tasks)
     return LOAD_S + sum(samples_at(n, samples) * (len(tasks) * speed.forward_s(n) + decode * speed.decode_token_s(n))
                         for n in lengths)
+
+
+def summarize_seconds(speed: Speed, *, prompt_tokens: list[int], new_tokens: int) -> float:
+    """A summarize stage, passkey's price model per document: one prefill of its prompt plus `new_tokens` decoded
+    against the cache (an upper bound: a summary that stops at EOS earlier is not subtracted)."""
+    return LOAD_S + sum(speed.forward_s(n) + new_tokens * speed.decode_token_s(n) for n in prompt_tokens)

@@ -9,7 +9,10 @@ and nopi_ft: RoPE unchanged, the paper's direct fine-tuning), every one trained 
 `train` section: the same data order, steps, seed and settings. The extend method's rows start from
 the extended checkpoint; the others apply their method on the fly at the same factor. An `eval.ruler`
 section (eval ruler's flags as keys) adds RULER's synthetic tasks to every row, at the passkey lengths unless
-it names its own; the report gives each row's effective length, absolute and relative to the original row.
+it names its own; the report gives each row's effective length, absolute and relative to the original row. An
+`eval.summarize` section (eval summarize's flags as keys) has every row summarize the same documents, each cut to
+the row's own window, and the report gives each row's ROUGE-1/2/L (`run/summarize_stage.py`); with it, nopi_ft can
+train within the original window (`eval.nopi_ft_seq_len`), and `eval.ppl: null` leaves perplexity out.
 
 Every value is checked before anything is written (the recipe's sections when loaded, the rows and
 the factor by `plan`). Every stage writes its output atomically into the run folder, then its stamp
@@ -33,9 +36,10 @@ import yaml
 from posinterp.atomic import write_json, write_text
 from posinterp.cli import arg, as_config
 from posinterp.errors import PosinterpError
-from posinterp.run import stamps
+from posinterp.run import stamps, summarize_stage
 from posinterp.run.budget import dry_run, fit_or_reuse, parse_budget, print_estimates, stage_estimates
-from posinterp.run.recipe import Recipe, check_data, load_recipe
+from posinterp.run.inputs import check_data
+from posinterp.run.recipe import Recipe, load_recipe
 from posinterp.run.ruler_stage import check_prompts
 from posinterp.run.stages import Stage, plan, scale
 
@@ -70,17 +74,15 @@ def pin_precision(recipe: Recipe) -> Recipe:
     from posinterp.evals.common import dtype_name
     from posinterp.machine import choose_precision
 
-    ppl, pk, ru = recipe.eval.ppl, recipe.eval.passkey, recipe.eval.ruler
-    if "auto" not in (recipe.train.precision, ppl.dtype, *(c.dtype for c in (pk, ru) if c is not None)):
+    evals = {k: getattr(recipe.eval, k) for k in ("ppl", "passkey", "ruler", "summarize")}
+    if "auto" not in (recipe.train.precision, *(c.dtype for c in evals.values() if c is not None)):
         return recipe
     choice = choose_precision("auto", "cuda" if torch.cuda.is_available() else "cpu")
     log.info("precision for every stage: %s (%s)", choice.name, choice.reason)
     train = recipe.train if recipe.train.precision != "auto" else dataclasses.replace(recipe.train, precision=choice.name)
-    ppl = ppl if ppl.dtype != "auto" else dataclasses.replace(ppl, dtype=dtype_name(choice.name))
-    pk, ru = (c if c is None or c.dtype != "auto" else dataclasses.replace(c, dtype=dtype_name(choice.name))
-              for c in (pk, ru))
-    return dataclasses.replace(recipe, train=train, eval=dataclasses.replace(recipe.eval, ppl=ppl, passkey=pk,
-                                                                             ruler=ru))
+    evals = {k: c if c is None or c.dtype != "auto" else dataclasses.replace(c, dtype=dtype_name(choice.name))
+             for k, c in evals.items()}
+    return dataclasses.replace(recipe, train=train, eval=dataclasses.replace(recipe.eval, **evals))
 
 
 def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
@@ -127,6 +129,7 @@ def run(cfg: RunConfig | Path | str | None = None, **kwargs) -> dict:
         return dry_run(recipe, stages, sc, speed, status)
     check_data(recipe, trains=any(stage.name.startswith("train") for stage in stages))
     check_prompts(recipe, [stage for stage in stages if status[stage.name].runs])
+    summarize_stage.check(recipe, [stage for stage in stages if status[stage.name].runs])
     run_dir.mkdir(parents=True, exist_ok=True)
     if speed is not None:
         write_json(run_dir / "estimates.json", {"stages": {**saved.get("stages", {}), **estimates},

@@ -1,7 +1,7 @@
 """A recipe file: model, method and factor, data, training settings and evaluation protocols.
 
-Sections are the verbs' own config dataclasses (`extend` → ExtendConfig, `train` → TrainConfig,
-`eval.ppl` → PerplexityConfig, `eval.passkey` → PasskeyConfig, `eval.ruler` → RulerConfig), built when loaded,
+Sections are the verbs' own config dataclasses (`extend` → ExtendConfig, `train` → TrainConfig, `eval.ppl` →
+PerplexityConfig, `eval.passkey` → PasskeyConfig, `eval.ruler` → RulerConfig, `eval.summarize` → SummarizeConfig), built when loaded,
 so a recipe has the same keys and defaults as the CLI flags and every bad value (an unknown key,
 `extend.factor: -1`, `train.lr: -1`, a stride too large for a window) is refused in one line before
 any stage runs. Dotted overrides (`--train.steps 50`) edit the loaded mapping before it is built.
@@ -28,6 +28,7 @@ from posinterp.errors import PosinterpError
 from posinterp.evals.passkey import PasskeyConfig
 from posinterp.evals.perplexity import PerplexityConfig
 from posinterp.evals.ruler import RulerConfig
+from posinterp.evals.summarize import SummarizeConfig
 from posinterp.model.extend import ExtendConfig
 from posinterp.train.config import TrainConfig
 
@@ -91,13 +92,16 @@ PIPELINE_SET = {
 """Fields of the sections' dataclasses that the pipeline sets per stage → where they come from."""
 PIPELINE_SET["ruler"] = {**{k: v for k, v in PIPELINE_SET["eval"].items() if k not in ("windows", "lengths")},
                          "reference": "the report: the original row's RULER results"}
+PIPELINE_SET["summarize"] = {**{k: v for k, v in PIPELINE_SET["ruler"].items() if k in ("model", "out", "rope", "force",
+                             "original_length")}, "max_input_tokens": "each row's window (what fits beside the prompt)"}
 
 
 @dataclass
 class EvalSection:
     """Evaluation protocols shared by every row of the table (the recipe's `eval` keys)."""
 
-    ppl: PerplexityConfig
+    ppl: PerplexityConfig | None
+    """None (`ppl: null`): no perplexity stages."""
     passkey: PasskeyConfig | None
     """None (`passkey: null`): no passkey stages."""
     windows: list[int] = arg(list(DEFAULT_WINDOWS), help="perplexity windows in tokens; the original row keeps "
@@ -106,6 +110,10 @@ class EvalSection:
     rows: list[str] = arg(list(DEFAULT_ROWS), help="rows of the table, in report order, of: " + ", ".join(ROWS))
     ruler: RulerConfig | None = arg(None, help="RULER on every row, at the passkey lengths unless it gives "
                                                "lengths: eval ruler's flags as keys, e.g. {tasks: [fwe], samples: 1}")
+    summarize: SummarizeConfig | None = arg(None, help="eval summarize on every row but extrapolation, each document "
+                                                       "cut to the row's window: its flags as keys, e.g. {data: aclsum}")
+    nopi_ft_seq_len: int | None = arg(None, help="nopi_ft's training length, e.g. L to train within the window (null: "
+                                                 "train.seq_len, past it with RoPE unchanged: direct fine-tuning)")
 
 
 @dataclass
@@ -264,16 +272,21 @@ def _eval_section(ev: Any, model: str) -> EvalSection:
     lengths = ev.get("passkey_lengths")
     lengths = None if lengths is None else _token_counts(lengths, "eval.passkey_lengths", 1)
     every = ",".join(map(str, sorted(set(windows))))
-    ppl = section(PerplexityConfig, ev.get("ppl"), "eval.ppl.", PIPELINE_SET["eval"],
-                  {"model": model, "windows": every})
+    ppl = None if "ppl" in ev and ev["ppl"] is None else section(
+        PerplexityConfig, ev.get("ppl"), "eval.ppl.", PIPELINE_SET["eval"], {"model": model, "windows": every})
     passkey = None
     if ev.get("passkey", {}) is not None:
         passkey = section(PasskeyConfig, ev.get("passkey"), "eval.passkey.", PIPELINE_SET["eval"],
                           {"model": model, "lengths": ",".join(map(str, lengths or windows))})
-    ruler = ev.get("ruler")
+    ruler, summ, nopi = ev.get("ruler"), ev.get("summarize"), ev.get("nopi_ft_seq_len")
     if ruler is not None:
         ruler = section(RulerConfig, ruler, "eval.ruler.", PIPELINE_SET["ruler"], {"model": model})
-    return EvalSection(windows=windows, ppl=ppl, passkey=passkey, passkey_lengths=lengths, rows=list(rows), ruler=ruler)
+    if summ is not None:
+        summ = section(SummarizeConfig, summ, "eval.summarize.", PIPELINE_SET["summarize"], {"model": model})
+    if nopi is not None and (isinstance(nopi, bool) or not isinstance(nopi, int) or nopi < 2):
+        raise PosinterpError(f"eval.nopi_ft_seq_len {nopi!r} must be a token count of at least 2, e.g. 8192")
+    return EvalSection(windows=windows, ppl=ppl, passkey=passkey, passkey_lengths=lengths, rows=list(rows), ruler=ruler,
+                       summarize=summ, nopi_ft_seq_len=nopi)
 
 
 def build(data: dict, where: str = "recipe") -> Recipe:
@@ -299,7 +312,8 @@ def build(data: dict, where: str = "recipe") -> Recipe:
 
 SECTIONS: tuple[tuple[str, type, str], ...] = (
     ("extend", ExtendConfig, "extend"), ("train", TrainConfig, "train"), ("eval", EvalSection, ""),
-    ("eval.ppl", PerplexityConfig, "eval"), ("eval.passkey", PasskeyConfig, "eval"), ("eval.ruler", RulerConfig, "ruler"))
+    ("eval.ppl", PerplexityConfig, "eval"), ("eval.passkey", PasskeyConfig, "eval"), ("eval.ruler", RulerConfig, "ruler"),
+    ("eval.summarize", SummarizeConfig, "summarize"))
 """Recipe section → its dataclass and its PIPELINE_SET entry (the fields no recipe sets; eval's own
 keys are all the recipe's)."""
 
@@ -366,21 +380,8 @@ def override_help(width: int = 104) -> str:
         left = left.ljust(column) if len(left) < column else left + "  "
         lines.append(left + _clip(helps[key], max(24, width - len(left))))
     lines += ["", "Keys the pipeline sets per stage (model, out, rope, windows, ...) are not recipe keys. Full help",
-              "of each: posinterp extend --help, posinterp train --help, posinterp eval ppl|passkey|ruler --help."]
+              "of each: posinterp extend --help, posinterp train --help, posinterp eval ppl|passkey|ruler|summarize --help."]
     return "\n".join(lines)
-
-
-def check_data(recipe: Recipe, trains: bool) -> None:
-    """The recipe's data (train.data when a row trains, eval.ppl.data) is readable: refused naming the key, before
-    the run folder is written."""
-    from posinterp.data import corpus
-
-    parts = [(recipe.eval.ppl, "eval.ppl.")] + ([(recipe.train, "train.")] if trains and recipe.train.task == "lm" else [])
-    for cfg, where in parts:
-        try:
-            corpus.check(cfg.data, split=cfg.split, text_field=cfg.text_field)
-        except PosinterpError as err:
-            raise PosinterpError(_recipe_flags(str(err), type(cfg), where)) from None
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> tuple[Recipe, dict]:

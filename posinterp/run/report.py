@@ -1,5 +1,5 @@
-"""The run's report: a computed verdict, the before/after table, RULER (`run/ruler_report.py`), curves during
-fine-tuning, figures.
+"""The run's report: a computed verdict, the before/after table, RULER (`run/ruler_report.py`), ROUGE
+(`run/summarize_report.py`), curves during fine-tuning, figures, timings (`run/timings_report.py`).
 
 Reads only what the stages wrote (results.json of each eval, posinterp.json and metrics.jsonl of
 each fine-tune, timings.json of the run), so a report can be rebuilt at any time from a run folder.
@@ -15,8 +15,9 @@ from typing import Any
 
 from posinterp.atomic import write_text
 from posinterp.evals.passkey import SUCCESS_RATE
-from posinterp.run import ruler_report
+from posinterp.run import ruler_report, summarize_report
 from posinterp.run.recipe import FINE_TUNED, METHOD_TITLES, ROW_TITLES, Recipe, fine_tune_dir, zero_shot_row
+from posinterp.run.timings_report import timings_table
 
 PPL_FIGURE = "perplexity.png"
 LOSS_FIGURE = "train_loss.png"
@@ -311,41 +312,12 @@ def _figures(run_dir: Path, results: dict[str, dict[str, Any]], losses: dict[str
     return images
 
 
-def timings_table(timings: dict[str, float], estimates: dict | None) -> list[str]:
-    """Measured seconds per stage, beside the estimate `run` priced from this machine before running."""
-    est = (estimates or {}).get("stages", {})
-    lines = ["## Timings", ""]
-    if (estimates or {}).get("trimmed"):
-        lines += [f"Trimmed to fit --budget {estimates['budget_s'] / 60:.0f} min: "
-                  + "; ".join(estimates["trimmed"]) + ".", ""]
-    if not est:
-        lines += ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-        return lines + [f"| **all stages** | **{sum(timings.values()):.0f}** |"]
-    lines += ["| stage | estimated s | measured s | measured / estimated |", "|---|---|---|---|"]
-    for k, v in timings.items():
-        e = est.get(k)
-        lines.append(f"| {k} | {e:.0f} | {v:.0f} | {v / e:.2f} |" if e else f"| {k} | – | {v:.0f} | – |")
-    both = [k for k in timings if est.get(k)]
-    te, tm = sum(est[k] for k in both), sum(timings[k] for k in both)
-    lines.append(f"| **all stages** | **{te:.0f}** | **{sum(timings.values()):.0f}** | "
-                 f"**{tm / te:.2f}** |" if te else f"| **all stages** | – | **{sum(timings.values()):.0f}** | – |")
-    speed = (estimates or {}).get("speed") or {}
-    if speed:
-        lines += ["", f"Estimates from a probe of this machine before the run ({speed.get('precision')}: one forward "
-                  f"at {', '.join(str(k) for k in speed.get('forward', {}))} tokens, a training micro-step at "
-                  f"{', '.join(str(k) for k in speed.get('train', {})) or speed.get('train_tokens')} tokens and an "
-                  "optimizer step" + (f", one layer's attention at {', '.join(str(k) for k in speed['attention'])} "
-                                      "tokens): a forward is priced as a·T + layers × attention(T), training as "
-                                      "a·T + b·T²." if speed.get("attention") else "), each fitted as t(T) = a·T + b·T².")]
-    return lines
-
-
 def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float], factor: float | None = None) -> dict:
     """report.md, its images and training_curves.csv in `run_dir`; returns the numbers of the table."""
     from posinterp.versions import versions
 
     rows = list(recipe.eval.rows)
-    windows = sorted(int(w) for w in recipe.eval.windows)
+    windows = sorted(int(w) for w in recipe.eval.windows) if recipe.eval.ppl is not None else []  # `ppl: null`
     results = collect(run_dir, rows)
     points = {row: metrics(run_dir, row) for row in rows if row in FINE_TUNED}
     budgets = {row: budget(run_dir, row, pts) for row, pts in points.items()}
@@ -360,16 +332,20 @@ def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float], facto
     said = verdict(results, budgets, curves)
     if said:
         lines += ["## Verdict", "", "Computed from the result files of this run:", ""] + [f"- {s}" for s in said] + [""]
-    lines += ["## Before and after", "", table(results, windows), ""] + _protocol(results)
+    if recipe.eval.ppl is not None or recipe.eval.passkey is not None:
+        lines += ["## Before and after", "", table(results, windows), ""] + _protocol(results)
     given = recipe.given.get("train") or {}
     first_ft = next((row for row in rows if row in FINE_TUNED), None)
     settings = _read(run_dir / fine_tune_dir(first_ft) / "settings.json") if first_ft else None
     if given and first_ft:
         lines += ["", "Fine-tuning (every fine-tuned row, same settings and data order): "
                   + ", ".join(f"{k}={getattr(recipe.train, k, v)}" for k, v in given.items())  # after --budget trims
-                  + (f" (resolved: {settings.get('seq_len', '?')} tokens per sequence)" if settings else "")]
+                  + (f" (resolved: {settings.get('seq_len', '?')} tokens per sequence)" if settings else "")
+                  + (f"; nopi_ft at seq_len={recipe.eval.nopi_ft_seq_len}" if recipe.eval.nopi_ft_seq_len and
+                     "nopi_ft" in rows else "")]
     ruler_lines, ruler = ruler_report.section(run_dir, rows)
-    lines += ruler_lines
+    summary_lines, rouge = summarize_report.section(run_dir, rows)
+    lines += ruler_lines + summary_lines
     if curves:
         write_text(run_dir / CURVES_CSV, curves_csv(curves))
         lines += ["", "## During fine-tuning", "", curves_table(curves), "", f"The same points: [{CURVES_CSV}]({CURVES_CSV})."]
@@ -390,5 +366,5 @@ def write_report(recipe: Recipe, run_dir: Path, timings: dict[str, float], facto
     return {row: {"k_max": res["passkey"]["summary"]["k_max"] if res["passkey"] else None,
                   "ppl": _per_window(res["ppl"]),
                   **({"tokens": budgets[row]["tokens"]} if budgets.get(row) else {}),
-                  **({"ruler": ruler[row]} if row in ruler else {})}
+                  **({"ruler": ruler[row]} if row in ruler else {}), **({"rouge": rouge[row]} if row in rouge else {})}
             for row, res in results.items()}

@@ -1,8 +1,9 @@
 """A recipe as a list of stages: the rows (zero-shot and fine-tuned), their folders, and the scale of each stage.
 
-Each row's evaluations: perplexity at `eval.windows`, passkey at `eval.passkey_lengths` and, with an `eval.ruler`
-section, RULER at `eval.ruler.lengths` (default: the passkey lengths, so both retrieval measures share a length
-axis); the original row keeps the windows and lengths up to L.
+Each row's evaluations: perplexity at `eval.windows` (none with `eval.ppl: null`), passkey at `eval.passkey_lengths`
+and, with an `eval.ruler` section, RULER at `eval.ruler.lengths` (default: the passkey lengths, so both retrieval
+measures share a length axis); the original row keeps the windows and lengths up to L. With an `eval.summarize`
+section, every row but plain extrapolation summarizes its documents cut to its own window (`run/summarize_stage.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class Stage:
     config: Any = None
     """The verb's config dataclass the stage runs with (its fields that change the result are its stamp's
     settings, `run/stamps.py`)."""
+    window: int | None = None
+    """Its row's window where the stage fills it: a summarize stage cuts each document to it, a fine-tune without
+    seq_len trains at it."""
 
     def run(self) -> object:
         return self.verb(self.config)
@@ -73,6 +77,8 @@ class Row:
     original_length: int | None = None
     train: Any = None
     """The TrainConfig of the fine-tune that writes `model` (`<method>_ft` rows)."""
+    window: int = 0
+    """The window its evaluations load `model` with: L, s·L, or a no-PI fine-tune's raised one."""
 
 
 def make_row(recipe: Recipe, name: str, run_dir: Path, sc: Scale, force: bool = False) -> Row:
@@ -80,13 +86,13 @@ def make_row(recipe: Recipe, name: str, run_dir: Path, sc: Scale, force: bool = 
     the fly at the same factor, and every `<method>_ft` row fine-tunes with the same recipe.train."""
     extended, given_L = str(run_dir / "extended"), recipe.extend.original_length
     if name == "original":
-        return Row(name, recipe.model)
+        return Row(name, recipe.model, window=sc.model_window)
     if name == "extrapolation":
-        return Row(name, recipe.model, "none", beyond=True)
+        return Row(name, recipe.model, "none", beyond=True, window=sc.model_window)
     if name not in FINE_TUNED:  # a method with 0 fine-tune steps
         if name == recipe.extend.method:
-            return Row(name, extended)
-        return Row(name, recipe.model, sc.rope(name), original_length=given_L)
+            return Row(name, extended, window=sc.target_length)
+        return Row(name, recipe.model, sc.rope(name), original_length=given_L, window=sc.target_length)
     method = FINE_TUNED[name]
     start, rope = recipe.model, "none"
     if method == recipe.extend.method:
@@ -94,15 +100,16 @@ def make_row(recipe: Recipe, name: str, run_dir: Path, sc: Scale, force: bool = 
     elif method != "none":
         rope = sc.rope(method)
     window = sc.model_window if method == "none" else sc.target_length
-    seq_len = int(recipe.train.seq_len or window)
+    own = {"seq_len": recipe.eval.nopi_ft_seq_len} if method == "none" and recipe.eval.nopi_ft_seq_len else {}
+    seq_len = int(own.get("seq_len") or recipe.train.seq_len or window)
     if seq_len > window and method != "none":
         raise PosinterpError(f"train.seq_len {seq_len} exceeds the window {window} of row {name} (×{sc.factor:g} "
                              f"of {sc.original_length}); lower train.seq_len or raise extend.factor")
     # no PI past the window is the paper's direct fine-tuning: RoPE unchanged, the window raised to seq_len
     train = dataclasses.replace(recipe.train, model=start, out=run_dir / fine_tune_dir(name), rope=rope,
                                 original_length=given_L if rope != "none" else None, checkpoint_dir=None,
-                                allow_beyond_window=seq_len > window, resume=not force, force=force)
-    return Row(name, str(train.out), "none", beyond=method == "none", train=train)
+                                allow_beyond_window=seq_len > window, resume=not force, force=force, **own)
+    return Row(name, str(train.out), "none", beyond=method == "none", train=train, window=max(seq_len, window))
 
 
 def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = None) -> list[Stage]:
@@ -110,6 +117,7 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
     from posinterp.evals.passkey import passkey
     from posinterp.evals.perplexity import perplexity, strides_for
     from posinterp.evals.ruler import ruler
+    from posinterp.evals.summarize import summarize
     from posinterp.model.extend import extend
     from posinterp.train.loop import train
 
@@ -125,20 +133,21 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
             method = FINE_TUNED[row.name]
             how = "without PI (RoPE unchanged)" if method == "none" else f"with {METHOD_TITLES[method]}"
             stages.append(Stage(f"train ({METHOD_TITLES[method]})", row.train.out, train,
-                                f"fine-tune {how}, same steps and data: {_train_summary(recipe)}", row.train))
+                                f"fine-tune {how}, same steps and data: {_train_summary(recipe, row.train)}", row.train,
+                                window=row.window))
     windows = sorted(recipe.eval.windows)
     lengths = sorted(recipe.eval.passkey_lengths or windows)
-    ru = recipe.eval.ruler
+    ru, su, ppl = recipe.eval.ruler, recipe.eval.summarize, recipe.eval.ppl
     ruler_lengths = ruler_lengths_of(recipe)
-    stride_of = strides_for(windows, recipe.eval.ppl.stride)
+    stride_of = strides_for(windows, ppl.stride) if ppl is not None else {}
     for row in rows:
         row_windows = [w for w in windows if row.name != "original" or w <= sc.original_length]
         row_lengths = [n for n in lengths if row.name != "original" or n <= sc.original_length]
         common = {"model": row.model, "rope": row.rope, "allow_beyond_window": row.beyond,
                   "original_length": row.original_length, "force": force}
         out = run_dir / "eval" / row.name
-        if row_windows:
-            cfg = dataclasses.replace(recipe.eval.ppl, out=out / "ppl", windows=",".join(map(str, row_windows)),
+        if row_windows and ppl is not None:
+            cfg = dataclasses.replace(ppl, out=out / "ppl", windows=",".join(map(str, row_windows)),
                                       stride=",".join(str(stride_of[w]) for w in row_windows), **common)
             stages.append(Stage(f"ppl {row.name}", cfg.out, perplexity,
                                 f"perplexity of {ROW_TITLES[row.name]} at {row_windows}", cfg))
@@ -152,6 +161,12 @@ def plan(recipe: Recipe, run_dir: Path, force: bool = False, sc: Scale | None = 
             cfg = dataclasses.replace(ru, out=out / "ruler", lengths=",".join(map(str, row_ruler)), **common)
             stages.append(Stage(f"ruler {row.name}", cfg.out, ruler,
                                 f"RULER ({_tasks(ru.tasks)}) of {ROW_TITLES[row.name]} at {row_ruler}", cfg))
+        if su is not None and row.name != "extrapolation":  # eval summarize cuts at the window: the original row again
+            cfg = dataclasses.replace(su, out=out / "summarize", max_input_tokens=None,
+                                      **{k: v for k, v in common.items() if k != "allow_beyond_window"})
+            stages.append(Stage(f"summarize {row.name}", cfg.out, summarize,
+                                f"summaries by {ROW_TITLES[row.name]}, {su.limit or 'all'} documents of {su.data}:"
+                                f"{su.split} cut to its window {row.window}", cfg, window=row.window))
     return stages
 
 
@@ -175,7 +190,9 @@ def _tasks(text: str) -> str:
     return ", ".join(names) if len(names) <= 3 else f"{len(names)} tasks"
 
 
-def _train_summary(recipe: Recipe) -> str:
+def _train_summary(recipe: Recipe, train: Any) -> str:
+    """The recipe's train keys that the stage's `train` config holds (nopi_ft's own seq_len, eval.nopi_ft_seq_len)."""
     keys = ("steps", "seq_len", "batch_size", "grad_accum", "lr", "data")
     given = recipe.given.get("train") or {}
-    return ", ".join(f"{k}={getattr(recipe.train, k)}" for k in keys if k in given) or "defaults"
+    own = {"seq_len"} if train.seq_len != recipe.train.seq_len else set()
+    return ", ".join(f"{k}={getattr(train, k)}" for k in keys if k in given or k in own) or "defaults"

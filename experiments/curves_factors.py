@@ -128,7 +128,7 @@ def plot_steps(curves: list[dict], path: Path, reference: dict | None) -> None:
               ("previous-token heads: peak of their mean profile", lambda c, p: peak(p)),
               ("held-out perplexity (window 1024)", lambda c, p: p["ppl"])]
     refs = {0: None, 1: "induction_1", 2: "previous_token_mass_1"}
-    fig, axes = plt.subplots(3, 2, figsize=(11, 11))
+    fig, axes = plt.subplots(3, 2, figsize=(11, 11), sharex=True)
     for i, c in enumerate(curves):
         for ax, (title, get) in zip(axes.ravel(), panels, strict=True):
             pts = [(p["step"], v) for p in c["points"] if (v := get(c, p)) is not None]
@@ -140,6 +140,7 @@ def plot_steps(curves: list[dict], path: Path, reference: dict | None) -> None:
         key = refs.get(k)
         if reference and key and reference.get(key) is not None:
             ax.axhline(reference[key], color="0.4", ls=":", lw=1, label="original model, 0 steps")
+    axes[2][0].axhline(1, color="0.4", ls=":", lw=1)  # the original model's previous-token heads peak at offset 1
     axes[2][0].set_yscale("log", base=2)
     axes[2][0].set_yticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
     axes[0][0].legend(fontsize=7)

@@ -77,14 +77,17 @@ def summarize(runs: Path, out: Path) -> None:
         for n in PASSKEY[m]:
             r = _read(runs / tag / f"passkey-{n}" / "results.json")
             if r:
-                trials = [t for t in r["trials"] if int(t["length"]) == n] if "trials" in r else []
-                row["passkey"][str(n)] = {"accuracy": r["accuracy"][str(n)] if isinstance(r.get("accuracy"), dict)
-                                          else None, "trials": len(trials) or TRIALS, "dtype": r.get("dtype")}
+                (cell,) = [c for c in r["summary"]["per_length"] if int(c["length"]) == n]
+                row["passkey"][str(n)] = {"accuracy": cell["accuracy"], "trials": cell["trials"],
+                                          "by_depth": {str(d["depth"]): d["accuracy"] for d in r["summary"]["per_depth"]},
+                                          "precision": r["precision"]["dtype"]}
                 row["wall_s"][f"passkey-{n}"] = (_read(runs / tag / f"passkey-{n}" / "wall.json") or {}).get("wall_s")
         for w, _, _ in PPL:
             r = _read(runs / tag / f"ppl-{w}" / "results.json")
             if r:
-                row["ppl"][w] = r["windows"][w]["ppl"] if "windows" in r else r.get("ppl")
+                (cell,) = [c for c in r["windows"] if str(c["window"]) == w]
+                row["ppl"][w] = cell["perplexity"]
+                row["ppl_scored"] = {**row.get("ppl_scored", {}), w: cell["tokens_scored"]}
                 row["wall_s"][f"ppl-{w}"] = (_read(runs / tag / f"ppl-{w}" / "wall.json") or {}).get("wall_s")
         rows.append(row)
     out.mkdir(parents=True, exist_ok=True)

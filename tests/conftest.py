@@ -73,3 +73,20 @@ def tiny_dir(tmp_path: Path, smol_tokenizer):
         return save_tiny(tmp_path / (name or f"tiny-{kind}"), smol_tokenizer, kind, **kw)
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One OpenMP thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`), in this process
+    (train's `set_threads` reads OMP_NUM_THREADS) and in the subprocesses it starts: the same reduction order,
+    so bit-equal weights can be asked for; and tiny models on a busy 2-core machine run ~10× slower with two
+    OpenMP threads fighting for the cores."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env

@@ -34,20 +34,7 @@ WORDS = ("the a river stone light north cold window book letter house road garde
          "under over again before after never always morning evening").split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread everywhere, in this process (train's `set_threads` reads OMP_NUM_THREADS) and in the
-    killed subprocess: the same reduction order, so bit-equal weights can be asked for; and tiny models
-    on a busy 2-core machine run ~10× slower with two OpenMP threads fighting for the cores."""
-    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from posinterp.run import run, stamps
@@ -26,18 +24,7 @@ STAGES = ["extend", "train (PI)", "ppl pi", "passkey pi", "ppl pi_ft", "passkey 
 FOLDERS = ["extended", "pi-ft", "eval/pi/ppl", "eval/pi/passkey", "eval/pi_ft/ppl", "eval/pi_ft/passkey"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine run ~10× slower with two OpenMP threads fighting for the cores."""
-    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from posinterp.errors import PosinterpError
@@ -27,18 +25,7 @@ from posinterp.run import run, stamps
 E2E = ["extend", "train (PI)", "train (no PI)", "summarize original", "summarize pi_ft", "summarize nopi_ft"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine run ~10× slower with two OpenMP threads fighting for the cores."""
-    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
